@@ -4,6 +4,7 @@ The public namespace re-exports the primitives (``funcgrad.relu``, ``funcgrad.de
 ...), the registry :data:`PRIMITIVES` and :func:`hessian`.
 """
 
+from .graph import Graph, explain
 from .primitives import (
     add,
     batch_norm,
@@ -36,6 +37,7 @@ from .transforms import hessian
 __version__ = "0.1.0"
 
 __all__ = [
+    "Graph",
     "PRIMITIVES",
     "Primitive",
     "__version__",
@@ -44,6 +46,7 @@ __all__ = [
     "dense",
     "div",
     "exp",
+    "explain",
     "hessian",
     "leaky_relu",
     "log",

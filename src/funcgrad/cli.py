@@ -2,6 +2,7 @@
 
 Subcommands:
     check    run the rule checker over every registered primitive.
+    explain  draw one of the lesson's worked examples as a graph with values and gradients.
 """
 
 from __future__ import annotations
@@ -61,6 +62,25 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .graph import LESSON_EXAMPLES, lesson_graph
+
+    example = LESSON_EXAMPLES[args.example]
+    graph = lesson_graph(args.example)
+    lr = example.learning_rate if args.learning_rate is None else args.learning_rate
+    update = example.update if args.learning_rate is None else None
+    if args.out:
+        path = graph.render(args.out)
+        print(f"wrote {path}")
+        return 0
+    if args.format == "dot":
+        print(graph.to_dot(), end="")
+        return 0
+    print(graph.to_text(learning_rate=lr, update=update, ascii=args.ascii,
+                        title=f"funcgrad explain --example {args.example}: {example.title}"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser for the ``funcgrad`` command."""
     parser = argparse.ArgumentParser(
@@ -80,6 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the reports as JSON")
     p.set_defaults(func=_cmd_check)
 
+    p = sub.add_parser("explain", help="show one of the lesson's worked examples as a "
+                                       "computational graph with values and gradients")
+    p.add_argument("--example", choices=["backprop", "graph", "pytorch", "chain"],
+                   default="backprop",
+                   help="backprop: the step-by-step example (default); graph: z = (x + y) * w; "
+                        "pytorch: the PyTorch snippet; chain: the chain rule")
+    p.add_argument("--format", choices=["text", "dot"], default="text",
+                   help="print the diagram and table (text) or Graphviz DOT (dot)")
+    p.add_argument("--out", metavar="FILE",
+                   help="write the graph to FILE: .dot (DOT text), .svg, .png or .pdf (these "
+                        "need the Graphviz 'dot' program)")
+    p.add_argument("--learning-rate", type=float, default=None, metavar="LR",
+                   help="also show the update w - LR * dL/dw for every input (the backprop "
+                        "example shows LR = 0.1 for w by default)")
+    p.add_argument("--ascii", action="store_true", help="plain ASCII instead of box drawing")
+    p.set_defaults(func=_cmd_explain)
     return parser
 
 

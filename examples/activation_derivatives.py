@@ -1,0 +1,116 @@
+"""ReLU, sigmoid and tanh with their derivatives: the textbook formula, funcgrad's rule and
+``jax.grad`` of a plain reference, side by side.
+
+    ReLU     f(x) = max(0, x)        f'(x) = 1 if x > 0 else 0
+    Sigmoid  f(x) = 1/(1 + e^(-x))   f'(x) = f(x)(1 - f(x))
+    Tanh     f(x) = tanh(x)          f'(x) = 1 - f(x)²
+
+With ``--out DIR`` (and matplotlib installed) it also draws each function and its
+derivative to ``DIR/activation_derivatives.png``.
+
+Run it:  python examples/activation_derivatives.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import funcgrad as fg
+from funcgrad.registry import PRIMITIVES
+
+POINTS = (-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0)
+
+
+def _np_sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+#: name -> (funcgrad function, textbook f'(x) in NumPy, textbook formula)
+ACTIVATIONS = {
+    "relu": (fg.relu, lambda x: np.where(x > 0, 1.0, 0.0), "1 if x > 0 else 0"),
+    "sigmoid": (fg.sigmoid, lambda x: _np_sigmoid(x) * (1.0 - _np_sigmoid(x)),
+                "f(x) × (1 - f(x))"),
+    "tanh": (fg.tanh, lambda x: 1.0 - np.tanh(x) ** 2, "1 - f(x)²"),
+}
+
+
+def derivatives(name: str, points=POINTS) -> dict:
+    """f(x) and f'(x) three ways at ``points``, as lists of floats."""
+    fn, textbook, formula = ACTIVATIONS[name]
+    xs = jnp.asarray(points, dtype=jnp.float32)
+    reference = PRIMITIVES[name].reference
+    return {
+        "x": [float(v) for v in xs],
+        "f": [float(v) for v in jax.vmap(fn)(xs)],
+        "textbook": [float(v) for v in textbook(np.asarray(xs, dtype=np.float32))],
+        "funcgrad": [float(v) for v in jax.vmap(jax.grad(fn))(xs)],  # the custom VJP rule
+        "jax.grad": [float(v) for v in jax.vmap(jax.grad(reference))(xs)],
+        "formula": formula,
+        "registry formula": PRIMITIVES[name].formula,
+    }
+
+
+def plot(out_dir: str | Path) -> Path | None:
+    """Draw f and f' for each activation; return the PNG path, or None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: skipping the plot (pip install matplotlib)")
+        return None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    xs = jnp.linspace(-5.0, 5.0, 401)
+    fig, axes = plt.subplots(1, len(ACTIVATIONS), figsize=(4 * len(ACTIVATIONS), 3.2))
+    for ax, (name, (fn, _, formula)) in zip(axes, ACTIVATIONS.items(), strict=True):
+        ax.plot(xs, jax.vmap(fn)(xs), label=f"{name}(x)")
+        ax.plot(xs, jax.vmap(jax.grad(fn))(xs), "--", label=f"{name}'(x) = {formula}")
+        ax.axhline(0.0, color="grey", linewidth=0.5)
+        ax.set_title(name)
+        ax.set_xlabel("x")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "activation_derivatives.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(out: str | Path | None = None, verbose: bool = True) -> dict:
+    """Tabulate the derivatives and optionally plot them.
+
+    Args:
+        out: a directory for the PNG plot; ``None`` (the default) draws no plot.
+        verbose: print the tables.
+
+    Returns:
+        name -> :func:`derivatives` dict, plus ``"plot"``: the PNG path or ``None``.
+    """
+    results: dict = {name: derivatives(name) for name in ACTIVATIONS}
+    if verbose:
+        for name, r in results.items():
+            print(f"{name}: f'(x) = {r['formula']}   (funcgrad's rule: {r['registry formula']})")
+            print(f"  {'x':>6}  {'f(x)':>9}  {'textbook':>9}  {'funcgrad':>9}  {'jax.grad':>9}")
+            for row in zip(r["x"], r["f"], r["textbook"], r["funcgrad"], r["jax.grad"],
+                           strict=True):
+                print("  " + "  ".join(f"{v:>9.6g}" if i else f"{v:>6g}"
+                                       for i, v in enumerate(row)))
+            print()
+    results["plot"] = str(plot(out)) if out is not None else None
+    if verbose and results["plot"]:
+        print(f"wrote {results['plot']}")
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", metavar="DIR", help="write activation_derivatives.png here")
+    args = parser.parse_args()
+    main(out=args.out)
