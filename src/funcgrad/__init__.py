@@ -4,6 +4,7 @@ The public namespace re-exports the primitives (``funcgrad.relu``, ``funcgrad.de
 ...), the registry :data:`PRIMITIVES` and :func:`hessian`.
 """
 
+from . import checkpoint, data, nn, parallel, testing, train
 from .graph import Graph, explain
 from .primitives import (
     add,
@@ -32,6 +33,7 @@ from .primitives import (
     unbroadcast,
 )
 from .registry import PRIMITIVES, Primitive
+from .train import TrainState, fit, optimizer
 from .transforms import hessian
 
 __version__ = "0.1.0"
@@ -39,6 +41,15 @@ __version__ = "0.1.0"
 __all__ = [
     "Graph",
     "PRIMITIVES",
+    "TrainState",
+    "checkpoint",
+    "data",
+    "fit",
+    "nn",
+    "optimizer",
+    "parallel",
+    "testing",
+    "train",
     "Primitive",
     "__version__",
     "add",

@@ -1,6 +1,7 @@
 """The ``funcgrad`` command line: the only module that prints.
 
 Subcommands:
+    train    train an MLP on the embedded digits (or your .npz) with SGD and clipping.
     check    run the rule checker over every registered primitive.
     explain  draw one of the lesson's worked examples as a graph with values and gradients.
 """
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "example shows LR = 0.1 for w by default)")
     p.add_argument("--ascii", action="store_true", help="plain ASCII instead of box drawing")
     p.set_defaults(func=_cmd_explain)
+
+    from ._cli_train import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 

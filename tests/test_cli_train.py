@@ -1,0 +1,97 @@
+"""`funcgrad train` on the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from funcgrad.cli import main
+
+
+def test_train_writes_metrics_summary_and_curves(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--epochs", "2", "--hidden", "32", "--batch-size", "64", "--out",
+               str(out), "--log-every",
+               "10", "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "devices: cpu" in text.lower() or "devices:" in text
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) >= 2 and all("train_loss" in r and "grad_norm" in r for r in records)
+    assert [r["step"] for r in records] == sorted(r["step"] for r in records)
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("test_accuracy", "test_loss", "train_loss", "steps", "wall_seconds", "devices"):
+        assert key in summary, key
+    assert summary["steps"] == 2 * int(np.ceil(1438 / 64))
+    assert 0.5 < summary["test_accuracy"] <= 1.0
+    assert (out / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-0.1"], "--lr"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--batch-size", "-3"], "--batch-size"),
+    (["--activation", "swish"], "--activation"),
+    (["--momentum", "1.5"], "--momentum"),
+    (["--clip-norm", "0"], "--clip-norm"),
+])
+def test_bad_flags_are_named(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *argv])
+    assert exc.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_user_data_file_is_validated(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((10, 3), np.float32), y=np.zeros(10, np.float32))
+    assert main(["train", "--data", str(bad), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "array 'y'" in err and "integer" in err
+
+
+def test_user_data_file_trains(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 2)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    path = tmp_path / "mine.npz"
+    np.savez(path, x=x, y=y)
+    assert main(["train", "--data", str(path), "--epochs", "3", "--hidden", "8",
+                 "--batch-size", "16", "--no-progress"]) == 0
+    assert "2 classes" in capsys.readouterr().out
+
+
+def test_checkpoint_and_resume_from_the_command_line(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    common = ["train", "--epochs", "2", "--hidden", "16", "--batch-size", "128",
+              "--steps-per-dispatch", "4", "--checkpoint-dir", str(ck), "--checkpoint-every",
+              "8", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    steps = sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit())
+    assert steps[-1] == 2 * 12 and len(steps) <= 3
+    first = json.loads((tmp_path / "a" / "summary.json").read_text())
+    # resuming a finished run restores the final state and trains no further
+    assert main([*common, "--resume", "--out", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from checkpoint at step 24" in out
+    second = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert second["test_accuracy"] == first["test_accuracy"]
+    assert second["steps"] == first["steps"]
+
+
+def test_resume_without_checkpoint_dir_is_an_error(capsys):
+    assert main(["train", "--resume", "--no-progress"]) == 2
+    assert "--resume needs --checkpoint-dir" in capsys.readouterr().err
+
+
+def test_default_run_reaches_97_percent_quickly(tmp_path, capsys):
+    """The README's main job: `funcgrad train` with no arguments (progress bar off)."""
+    assert main(["train", "--no-progress", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["test_accuracy"] >= 0.97
+    assert summary["wall_seconds"] < 60
+    assert summary["config"]["clip_norm"] == 1.0 and not summary["config"]["no_clip_norm"]
