@@ -432,3 +432,21 @@ def test_cli_explain_svg_without_graphviz(capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert "Graphviz" in err and "install" in err
     assert not (tmp_path / "x.svg").exists()
+
+
+@pytest.mark.parametrize("example", ["graph", "backprop", "pytorch", "chain"])
+def test_dot_text_is_accepted_by_graphviz(example):
+    """Real Graphviz parses every lesson graph (DOT keywords such as 'graph' are quoted)."""
+    import shutil
+    import subprocess
+
+    from funcgrad.graph import _dot_id, lesson_graph
+
+    assert _dot_id("graph") == '"graph"' and _dot_id("Node") == '"Node"'
+    assert _dot_id("loss") == "loss"
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz 'dot' is not installed")
+    proc = subprocess.run(["dot", "-Tsvg"], input=lesson_graph(example).to_dot(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "<svg" in proc.stdout

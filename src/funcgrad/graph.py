@@ -908,8 +908,14 @@ def _dot_escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace('"', '\\"')
 
 
+_DOT_KEYWORDS = {"node", "edge", "graph", "digraph", "subgraph", "strict"}
+
+
 def _dot_id(s: str) -> str:
-    return s if s.isidentifier() else '"' + _dot_escape(s) + '"'
+    """A DOT identifier: bare when safe, quoted otherwise (DOT keywords are case-blind)."""
+    if s.isidentifier() and s.isascii() and s.lower() not in _DOT_KEYWORDS:
+        return s
+    return '"' + _dot_escape(s) + '"'
 
 
 # ----------------------------------------------------------------------------- registry map
