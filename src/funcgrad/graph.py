@@ -20,13 +20,14 @@ How it works:
    exactly the adjoints that backpropagation computes, through the primitives' own
    hand-written rules.
 
->>> import funcgrad as fg
->>> g = fg.explain(lambda x, w, target: fg.squared_error(fg.mul(x, w), target),
-...                2.0, 3.0, 2.0, names={"mul": "y"})
->>> [(n.name, n.op, float(n.value), float(n.grad)) for n in g.nodes]
-[('y', 'mul', 6.0, 8.0), ('L', 'squared_error', 16.0, 1.0)]
->>> float(g["w"].grad), float(g["x"].grad)
-(16.0, 24.0)
+Examples:
+    >>> import funcgrad as fg
+    >>> g = fg.explain(lambda x, w, target: fg.squared_error(fg.mul(x, w), target),
+    ...                2.0, 3.0, 2.0, names={"mul": "y"})
+    >>> [(n.name, n.op, float(n.value), float(n.grad)) for n in g.nodes]
+    [('y', 'mul', 6.0, 8.0), ('L', 'squared_error', 16.0, 1.0)]
+    >>> float(g["w"].grad), float(g["x"].grad)
+    (16.0, 24.0)
 """
 
 from __future__ import annotations
@@ -295,11 +296,12 @@ def summarize(v: Any) -> str:
     Returns:
         A one-line string.
 
-    >>> import jax.numpy as jnp
-    >>> summarize(jnp.float32(1.4))
-    '1.4'
-    >>> summarize(jnp.array([[3.0, -4.0]]))
-    'f32[1,2] norm=5 mean=-0.5 min=-4 max=3'
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> summarize(jnp.float32(1.4))
+        '1.4'
+        >>> summarize(jnp.array([[3.0, -4.0]]))
+        'f32[1,2] norm=5 mean=-0.5 min=-4 max=3'
     """
     if v is None:
         return "-"
@@ -471,11 +473,12 @@ class Graph:
         Returns:
             name -> updated value.
 
-        >>> import funcgrad as fg
-        >>> g = fg.explain(lambda x, w, target: fg.squared_error(fg.mul(x, w), target),
-        ...                2.0, 3.0, 2.0)
-        >>> round(float(g.sgd_update(0.1, ["w"])["w"]), 5)
-        1.4
+        Examples:
+            >>> import funcgrad as fg
+            >>> g = fg.explain(lambda x, w, target: fg.squared_error(fg.mul(x, w), target),
+            ...                2.0, 3.0, 2.0)
+            >>> round(float(g.sgd_update(0.1, ["w"])["w"]), 5)
+            1.4
         """
         nodes = self.inputs if inputs is None else [self[n] for n in inputs]
         out = {}
@@ -930,8 +933,9 @@ def primitive_names() -> dict[str, str]:
     Returns:
         private function name -> registry name (``{"_mul": "mul", ...}``).
 
-    >>> primitive_names()["_sigmoid_bce"]
-    'sigmoid_binary_cross_entropy'
+    Examples:
+        >>> primitive_names()["_sigmoid_bce"]
+        'sigmoid_binary_cross_entropy'
     """
     return {k[0]: v for k, v in _primitive_keys().items()}
 
@@ -1263,14 +1267,15 @@ def explain(
             invalid.
         TypeError: if an argument is not made of arrays; the message names it.
 
-    >>> import funcgrad as fg
-    >>> def loss(x, w, target):
-    ...     return fg.squared_error(fg.mul(x, w), target)
-    >>> g = explain(loss, 2.0, 3.0, 2.0, names={"mul": "y"})
-    >>> [(n.name, float(n.value), float(n.grad)) for n in g.inputs]
-    [('x', 2.0, 24.0), ('w', 3.0, 16.0), ('target', 2.0, -8.0)]
-    >>> float(g["y"].local[1])     # dy/dw = x
-    2.0
+    Examples:
+        >>> import funcgrad as fg
+        >>> def loss(x, w, target):
+        ...     return fg.squared_error(fg.mul(x, w), target)
+        >>> g = explain(loss, 2.0, 3.0, 2.0, names={"mul": "y"})
+        >>> [(n.name, float(n.value), float(n.grad)) for n in g.inputs]
+        [('x', 2.0, 24.0), ('w', 3.0, 16.0), ('target', 2.0, -8.0)]
+        >>> float(g["y"].local[1])     # dy/dw = x
+        2.0
     """
     fn_name = getattr(fn, "__name__", None) or type(fn).__name__
     items, call = _bind_arguments(fn, args, kwargs)
@@ -1660,9 +1665,10 @@ def lesson_graph(example: str = "backprop") -> Graph:
     Returns:
         The example's :class:`Graph`.
 
-    >>> g = lesson_graph("backprop")
-    >>> [float(g[n].value) for n in ("y", "L")], float(g["w"].grad), float(g["x"].grad)
-    ([6.0, 16.0], 16.0, 24.0)
+    Examples:
+        >>> g = lesson_graph("backprop")
+        >>> [float(g[n].value) for n in ("y", "L")], float(g["w"].grad), float(g["x"].grad)
+        ([6.0, 16.0], 16.0, 24.0)
     """
     try:
         ex = LESSON_EXAMPLES[example]

@@ -48,9 +48,10 @@ def he_normal(gain: float = 1.0) -> Initializer:
     Returns:
         ``init(key, (fan_in, fan_out), dtype) -> array``.
 
-    >>> import jax
-    >>> he_normal()(jax.random.PRNGKey(0), (64, 32), "float32").shape
-    (64, 32)
+    Examples:
+        >>> import jax
+        >>> he_normal()(jax.random.PRNGKey(0), (64, 32), "float32").shape
+        (64, 32)
     """
     def init(key: jax.Array, shape: tuple[int, int], dtype: Any = jnp.float32) -> jax.Array:
         return gain * jnp.sqrt(2.0 / shape[0]) * jax.random.normal(key, shape, dtype)
@@ -131,10 +132,11 @@ def init_mlp(
     Returns:
         A list of layer dicts with ``w`` of shape ``(fan_in, fan_out)`` and ``b`` zeros.
 
-    >>> import jax
-    >>> params = init_mlp(jax.random.PRNGKey(0), [4, 8, 3])
-    >>> [(p["w"].shape, p["b"].shape) for p in params]
-    [((4, 8), (8,)), ((8, 3), (3,))]
+    Examples:
+        >>> import jax
+        >>> params = init_mlp(jax.random.PRNGKey(0), [4, 8, 3])
+        >>> [(p["w"].shape, p["b"].shape) for p in params]
+        [((4, 8), (8,)), ((8, 3), (3,))]
     """
     sizes = _validate_sizes(sizes)
     if activation not in ACTIVATIONS:
@@ -190,10 +192,11 @@ def mlp(params: Params, x: Any, *, activation: str = "relu", residual: bool = Fa
     Returns:
         Logits of shape ``(batch, output)``.
 
-    >>> import jax, jax.numpy as jnp
-    >>> params = init_mlp(jax.random.PRNGKey(0), [4, 8, 3])
-    >>> mlp(params, jnp.ones((2, 4))).shape
-    (2, 3)
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> params = init_mlp(jax.random.PRNGKey(0), [4, 8, 3])
+        >>> mlp(params, jnp.ones((2, 4))).shape
+        (2, 3)
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"mlp: unknown activation {activation!r}; expected one of "

@@ -21,7 +21,7 @@ from .primitives import losses as _loss
 from .primitives import normalization as _norm
 from .primitives import reductions as _red
 
-__all__ = ["Arg", "Primitive", "PRIMITIVES", "sample_args"]
+__all__ = ["Arg", "Primitive", "PRIMITIVES", "sample_args", "derivative_table"]
 
 Shape = tuple[int, ...]
 
@@ -223,3 +223,23 @@ _entries = [
 
 #: name -> :class:`Primitive`, read-only.
 PRIMITIVES: Mapping[str, Primitive] = MappingProxyType({p.name: p for p in _entries})
+
+
+def derivative_table() -> str:
+    """The registry as a Markdown table (the docs' derivative table is built from this).
+
+    Returns:
+        One row per primitive: name, derivative, residuals saved, kinks and precision notes.
+
+    Examples:
+        >>> print(derivative_table().splitlines()[0])
+        | primitive | derivative (backward rule) | residuals saved | kinks | precision notes |
+    """
+    header = ("primitive", "derivative (backward rule)", "residuals saved", "kinks",
+              "precision notes")
+    rows = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for p in PRIMITIVES.values():
+        cells = [f"`{p.name}`", p.formula, p.residuals, p.kinks or "none",
+                 p.precision or ""]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows)

@@ -34,6 +34,7 @@ __all__ = [
     "assert_vjp_matches",
     "tolerance_for",
     "saved_residual_bytes",
+    "only_args",
     "PrimitiveReport",
     "check_primitive",
     "check_registry",
@@ -71,8 +72,9 @@ def tolerance_for(dtype: Any) -> Tolerance:
     Returns:
         Its tolerance.
 
-    >>> tolerance_for("float32")
-    Tolerance(rtol=2e-05, atol=2e-06)
+    Examples:
+        >>> tolerance_for("float32")
+        Tolerance(rtol=2e-05, atol=2e-06)
     """
     name = jnp.dtype(dtype).name
     if name not in TOLERANCES:
@@ -181,6 +183,30 @@ class CheckResult:
 
 
 # ----------------------------------------------------------------------------- internals
+def only_args(fn: Callable[..., Any], args: Sequence[Any],
+              positions: Sequence[int]) -> Callable[..., Any]:
+    """``fn`` as a function of the arguments at ``positions`` only, the others fixed.
+
+    Args:
+        fn: a function of all ``args``.
+        args: the full argument list; entries at ``positions`` are placeholders.
+        positions: the positions that become the new function's arguments, in order.
+
+    Returns:
+        ``g(*values)`` that calls ``fn`` with ``values`` substituted at ``positions``.
+
+    Examples:
+        >>> only_args(lambda a, b, c: a * 100 + b * 10 + c, [1, 2, 3], [2, 0])(9, 7)
+        729
+    """
+    def g(*values: Any) -> Any:
+        full = list(args)
+        for i, v in zip(positions, values, strict=True):
+            full[i] = v
+        return fn(*full)
+    return g
+
+
 def _is_float(x: Any) -> bool:
     return jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
 
@@ -298,17 +324,18 @@ def check_vjp(
     Returns:
         A :class:`CheckResult`.
 
-    >>> import jax, jax.numpy as jnp
-    >>> @jax.custom_vjp
-    ... def cube(x):
-    ...     return x ** 3
-    >>> cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (3 * x ** 2 * g,))
-    >>> check_vjp(cube, lambda x: x ** 3, jnp.array([1.0, 2.0])).ok
-    True
-    >>> cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (2 * x ** 2 * g,))  # wrong rule
-    >>> r = check_vjp(cube, lambda x: x ** 3, jnp.array([1.0, 2.0]))
-    >>> r.ok, r.worst.argname, r.worst.index, round(r.worst.expected / r.worst.actual, 6)
-    (False, 'arg0', (1,), 1.5)
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> @jax.custom_vjp
+        ... def cube(x):
+        ...     return x ** 3
+        >>> cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (3 * x ** 2 * g,))
+        >>> check_vjp(cube, lambda x: x ** 3, jnp.array([1.0, 2.0])).ok
+        True
+        >>> cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (2 * x ** 2 * g,))  # wrong rule
+        >>> r = check_vjp(cube, lambda x: x ** 3, jnp.array([1.0, 2.0]))
+        >>> r.ok, r.worst.argname, r.worst.index, round(r.worst.expected / r.worst.actual, 6)
+        (False, 'arg0', (1,), 1.5)
     """
     args = [jnp.asarray(a) for a in args]
     names = list(argnames) if argnames is not None else [f"arg{i}" for i in range(len(args))]
@@ -330,12 +357,7 @@ def check_vjp(
     tol = tolerance or tolerance_for(dtype)
 
     def restrict(f):
-        def g(*diff):
-            a = list(args)
-            for i, v in zip(argnums, diff, strict=True):
-                a[i] = v
-            return f(*a)
-        return g
+        return only_args(f, args, argnums)
 
     diff_args = [args[i] for i in argnums]
     if dname in _LOW_PRECISION:  # judge low precision against a float32 oracle
@@ -454,9 +476,10 @@ def saved_residual_bytes(fn: Callable[..., Any], *args: Any) -> tuple[int, int]:
     Returns:
         ``(count, bytes)``.
 
-    >>> import jax.numpy as jnp, funcgrad as fg
-    >>> saved_residual_bytes(fg.tanh, jnp.ones(4))
-    (1, 16)
+    Examples:
+        >>> import jax.numpy as jnp, funcgrad as fg
+        >>> saved_residual_bytes(fg.tanh, jnp.ones(4))
+        (1, 16)
     """
     from jax._src.ad_checkpoint import saved_residuals  # no public equivalent returns data
 
@@ -526,17 +549,9 @@ def check_primitive(prim: Any, *, all_shapes: bool = True, second_order: bool = 
     args = sample_args(prim, key, prim.sample_shapes[0], jnp.float32)
     fl = [i for i, a in enumerate(prim.args) if a.kind == "float"]
 
-    def only_float(f):
-        def g(*d):
-            a = list(args)
-            for i, v in zip(fl, d, strict=True):
-                a[i] = v
-            return f(*a)
-        return g
-
     diff = [args[i] for i in fl]
-    ours = saved_residual_bytes(only_float(prim.call), *diff)
-    theirs = saved_residual_bytes(only_float(prim.call_reference), *diff)
+    ours = saved_residual_bytes(only_args(prim.call, args, fl), *diff)
+    theirs = saved_residual_bytes(only_args(prim.call_reference, args, fl), *diff)
     return PrimitiveReport(prim.name, prim.formula, prim.residuals, ours, theirs, abs32, rel32,
                            abs64, rel64, not failures, tuple(failures))
 

@@ -98,11 +98,12 @@ def optimizer(
 
     The lesson's update, ``w_new = 3 - 0.1 * 16 = 1.4``:
 
-    >>> import jax.numpy as jnp
-    >>> tx = optimizer(0.1)
-    >>> updates, _ = tx.update(jnp.array(16.0), tx.init(jnp.array(3.0)))
-    >>> round(float(jnp.array(3.0) + updates), 6)
-    1.4
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> tx = optimizer(0.1)
+        >>> updates, _ = tx.update(jnp.array(16.0), tx.init(jnp.array(3.0)))
+        >>> round(float(jnp.array(3.0) + updates), 6)
+        1.4
     """
     import optax
 

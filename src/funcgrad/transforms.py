@@ -31,9 +31,10 @@ def hessian(
     Returns:
         A function with ``fun``'s signature that returns the Hessian.
 
-    >>> import jax.numpy as jnp, funcgrad as fg
-    >>> fg.hessian(lambda x: fg.sum(fg.power(x, 3)))(jnp.array([1.0, 2.0])).tolist()
-    [[6.0, 0.0], [0.0, 12.0]]
+    Examples:
+        >>> import jax.numpy as jnp, funcgrad as fg
+        >>> fg.hessian(lambda x: fg.sum(fg.power(x, 3)))(jnp.array([1.0, 2.0])).tolist()
+        [[6.0, 0.0], [0.0, 12.0]]
     """
     argnums = argnums if isinstance(argnums, int) else tuple(argnums)
     return jax.jacrev(jax.jacrev(fun, argnums=argnums, has_aux=has_aux), argnums=argnums,

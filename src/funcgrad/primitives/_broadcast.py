@@ -31,9 +31,10 @@ def unbroadcast(g: jax.Array, shape: Sequence[int]) -> jax.Array:
     Returns:
         An array of exactly ``shape``.
 
-    >>> import jax.numpy as jnp
-    >>> unbroadcast(jnp.ones((2, 3, 4)), (3, 1)).tolist()
-    [[8.0], [8.0], [8.0]]
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> unbroadcast(jnp.ones((2, 3, 4)), (3, 1)).tolist()
+        [[8.0], [8.0], [8.0]]
     """
     shape = tuple(shape)
     if g.shape == shape:

@@ -42,9 +42,10 @@ def relu(x: Any) -> jax.Array:
     Returns:
         ``max(0, x)``.
 
-    >>> import jax
-    >>> [float(jax.grad(relu)(v)) for v in (-1.0, 0.0, 2.0)]
-    [0.0, 0.0, 1.0]
+    Examples:
+        >>> import jax
+        >>> [float(jax.grad(relu)(v)) for v in (-1.0, 0.0, 2.0)]
+        [0.0, 0.0, 1.0]
     """
     return _relu(as_float("relu", "x", x))
 
@@ -96,11 +97,12 @@ def sigmoid(x: Any) -> jax.Array:
     Returns:
         ``σ(x)``.
 
-    >>> import jax
-    >>> float(jax.grad(sigmoid)(0.0))
-    0.25
-    >>> 3e-8 < float(jax.grad(sigmoid)(17.0)) < 5e-8
-    True
+    Examples:
+        >>> import jax
+        >>> float(jax.grad(sigmoid)(0.0))
+        0.25
+        >>> 3e-8 < float(jax.grad(sigmoid)(17.0)) < 5e-8
+        True
     """
     return _sigmoid(as_float("sigmoid", "x", x))
 
@@ -140,9 +142,10 @@ def tanh(x: Any) -> jax.Array:
     Returns:
         ``tanh(x)``.
 
-    >>> import jax
-    >>> float(jax.grad(tanh)(0.0))
-    1.0
+    Examples:
+        >>> import jax
+        >>> float(jax.grad(tanh)(0.0))
+        1.0
     """
     return _tanh(as_float("tanh", "x", x))
 
@@ -181,11 +184,12 @@ def softplus(x: Any) -> jax.Array:
     Returns:
         ``log(1 + exp(x))``.
 
-    >>> import jax
-    >>> float(jax.grad(softplus)(0.0))
-    0.5
-    >>> float(softplus(1e4))
-    10000.0
+    Examples:
+        >>> import jax
+        >>> float(jax.grad(softplus)(0.0))
+        0.5
+        >>> float(softplus(1e4))
+        10000.0
     """
     return _softplus(as_float("softplus", "x", x))
 
@@ -229,9 +233,10 @@ def leaky_relu(x: Any, negative_slope: float = 0.01) -> jax.Array:
     Returns:
         The activation.
 
-    >>> import jax
-    >>> [round(float(jax.grad(leaky_relu)(v)), 4) for v in (-1.0, 0.0, 2.0)]
-    [0.01, 0.01, 1.0]
+    Examples:
+        >>> import jax
+        >>> [round(float(jax.grad(leaky_relu)(v)), 4) for v in (-1.0, 0.0, 2.0)]
+        [0.01, 0.01, 1.0]
     """
     if not isinstance(negative_slope, (int, float)) or isinstance(negative_slope, bool):
         raise TypeError("leaky_relu: argument 'negative_slope' must be a Python float; "

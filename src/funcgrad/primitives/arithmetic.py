@@ -38,11 +38,12 @@ def add(x: Any, y: Any) -> jax.Array:
     Returns:
         ``x + y`` in the common floating dtype of the inputs.
 
-    >>> import jax
-    >>> add(2.0, 3.0)
-    Array(5., dtype=float32)
-    >>> jax.grad(lambda x, y: add(x, y) * 1.0, argnums=(0, 1))(2.0, 3.0)
-    (Array(1., dtype=float32, weak_type=True), Array(1., dtype=float32, weak_type=True))
+    Examples:
+        >>> import jax
+        >>> add(2.0, 3.0)
+        Array(5., dtype=float32)
+        >>> jax.grad(lambda x, y: add(x, y) * 1.0, argnums=(0, 1))(2.0, 3.0)
+        (Array(1., dtype=float32, weak_type=True), Array(1., dtype=float32, weak_type=True))
     """
     x, y = _binary("add", x, y)
     return _add(x.shape, y.shape, x, y)
@@ -81,8 +82,9 @@ def sub(x: Any, y: Any) -> jax.Array:
     Returns:
         ``x - y``.
 
-    >>> sub(6.0, 2.0)
-    Array(4., dtype=float32)
+    Examples:
+        >>> sub(6.0, 2.0)
+        Array(4., dtype=float32)
     """
     x, y = _binary("sub", x, y)
     return _sub(x.shape, y.shape, x, y)
@@ -124,9 +126,10 @@ def mul(x: Any, y: Any) -> jax.Array:
 
     The lesson's step 2, ``dy/dw = x = 2``:
 
-    >>> import jax
-    >>> jax.grad(mul, argnums=1)(2.0, 3.0)
-    Array(2., dtype=float32, weak_type=True)
+    Examples:
+        >>> import jax
+        >>> jax.grad(mul, argnums=1)(2.0, 3.0)
+        Array(2., dtype=float32, weak_type=True)
     """
     x, y = _binary("mul", x, y)
     return _mul(x.shape, y.shape, x, y)
@@ -167,9 +170,10 @@ def div(x: Any, y: Any) -> jax.Array:
     Returns:
         ``x / y``.
 
-    >>> import jax
-    >>> jax.grad(div, argnums=(0, 1))(1.0, 2.0)
-    (Array(0.5, dtype=float32, weak_type=True), Array(-0.25, dtype=float32, weak_type=True))
+    Examples:
+        >>> import jax
+        >>> jax.grad(div, argnums=(0, 1))(1.0, 2.0)
+        (Array(0.5, dtype=float32, weak_type=True), Array(-0.25, dtype=float32, weak_type=True))
     """
     x, y = _binary("div", x, y)
     return _div(x.shape, y.shape, x, y)
@@ -209,8 +213,9 @@ def neg(x: Any) -> jax.Array:
     Returns:
         ``-x``.
 
-    >>> float(neg(3.0))
-    -3.0
+    Examples:
+        >>> float(neg(3.0))
+        -3.0
     """
     return _neg(as_float("neg", "x", x))
 
@@ -249,9 +254,10 @@ def square(x: Any) -> jax.Array:
 
     The lesson's ``dL/dy = 2×(y-target) = 2×(6-2) = 8``:
 
-    >>> import jax
-    >>> jax.grad(square)(4.0)
-    Array(8., dtype=float32, weak_type=True)
+    Examples:
+        >>> import jax
+        >>> jax.grad(square)(4.0)
+        Array(8., dtype=float32, weak_type=True)
     """
     return _square(as_float("square", "x", x))
 
@@ -291,9 +297,10 @@ def power(x: Any, p: float) -> jax.Array:
     Returns:
         ``x ** p``.
 
-    >>> import jax
-    >>> jax.grad(lambda x: power(x, 3))(2.0)
-    Array(12., dtype=float32, weak_type=True)
+    Examples:
+        >>> import jax
+        >>> jax.grad(lambda x: power(x, 3))(2.0)
+        Array(12., dtype=float32, weak_type=True)
     """
     if not isinstance(p, (int, float)) or isinstance(p, bool):
         raise TypeError(
@@ -337,9 +344,10 @@ def exp(x: Any) -> jax.Array:
     Returns:
         ``exp(x)``.
 
-    >>> import jax
-    >>> jax.grad(exp)(0.0)
-    Array(1., dtype=float32, weak_type=True)
+    Examples:
+        >>> import jax
+        >>> jax.grad(exp)(0.0)
+        Array(1., dtype=float32, weak_type=True)
     """
     return _exp(as_float("exp", "x", x))
 
@@ -380,9 +388,10 @@ def log(x: Any) -> jax.Array:
     Returns:
         ``log(x)``.
 
-    >>> import jax
-    >>> jax.grad(log)(4.0)
-    Array(0.25, dtype=float32, weak_type=True)
+    Examples:
+        >>> import jax
+        >>> jax.grad(log)(4.0)
+        Array(0.25, dtype=float32, weak_type=True)
     """
     return _log(as_float("log", "x", x))
 

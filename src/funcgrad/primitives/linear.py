@@ -36,9 +36,10 @@ def matmul(a: Any, b: Any) -> jax.Array:
         ValueError: when the contracted dimensions differ or batch dimensions do not
             broadcast; the message names both shapes.
 
-    >>> import jax.numpy as jnp
-    >>> matmul(jnp.ones((2, 3)), jnp.ones((3, 4))).shape
-    (2, 4)
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> matmul(jnp.ones((2, 3)), jnp.ones((3, 4))).shape
+        (2, 4)
     """
     a, b = promote_floats("matmul", ("a", "b"), a, b)
     if a.ndim == 0 or b.ndim == 0:
@@ -106,9 +107,10 @@ def dense(x: Any, w: Any, b: Any) -> jax.Array:
         ValueError: when ``w`` is not ``(in, out)`` for ``x``'s last dimension, or ``b``
             is not ``(out,)``.
 
-    >>> import jax.numpy as jnp
-    >>> dense(jnp.ones((4, 3)), jnp.ones((3, 2)), jnp.zeros(2)).tolist()
-    [[3.0, 3.0], [3.0, 3.0], [3.0, 3.0], [3.0, 3.0]]
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> dense(jnp.ones((4, 3)), jnp.ones((3, 2)), jnp.zeros(2)).tolist()
+        [[3.0, 3.0], [3.0, 3.0], [3.0, 3.0], [3.0, 3.0]]
     """
     x, w, b = promote_floats("dense", ("x", "w", "b"), x, w, b)
     if x.ndim < 1:

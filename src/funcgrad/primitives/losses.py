@@ -35,9 +35,10 @@ def squared_error(y: Any, target: Any) -> jax.Array:
 
     The lesson's step 1, ``dL/dy = 2×(6−2) = 8``:
 
-    >>> import jax
-    >>> float(squared_error(6.0, 2.0)), float(jax.grad(squared_error)(6.0, 2.0))
-    (16.0, 8.0)
+    Examples:
+        >>> import jax
+        >>> float(squared_error(6.0, 2.0)), float(jax.grad(squared_error)(6.0, 2.0))
+        (16.0, 8.0)
     """
     y, target = promote_floats("squared_error", ("y", "target"), y, target)
     broadcast_shapes("squared_error", ("y", "target"), y.shape, target.shape)
@@ -81,9 +82,10 @@ def mean_squared_error(y: Any, target: Any) -> jax.Array:
     Returns:
         A scalar.
 
-    >>> import jax.numpy as jnp
-    >>> float(mean_squared_error(jnp.array([1.0, 3.0]), jnp.array([0.0, 0.0])))
-    5.0
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> float(mean_squared_error(jnp.array([1.0, 3.0]), jnp.array([0.0, 0.0])))
+        5.0
     """
     y, target = promote_floats("mean_squared_error", ("y", "target"), y, target)
     shape = broadcast_shapes("mean_squared_error", ("y", "target"), y.shape, target.shape)
@@ -142,10 +144,11 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> jax.Array:
         TypeError: if ``labels`` is not an integer array.
         ValueError: if the shapes do not match.
 
-    >>> import jax.numpy as jnp
-    >>> loss = softmax_cross_entropy(jnp.array([[0.0, 0.0]]), jnp.array([1]))
-    >>> round(float(loss[0]), 6)
-    0.693147
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> loss = softmax_cross_entropy(jnp.array([[0.0, 0.0]]), jnp.array([1]))
+        >>> round(float(loss[0]), 6)
+        0.693147
     """
     (logits,) = promote_floats("softmax_cross_entropy", ("logits",), logits)
     labels = as_labels("softmax_cross_entropy", "labels", labels)
@@ -222,11 +225,12 @@ def sigmoid_binary_cross_entropy(logits: Any, labels: Any) -> jax.Array:
     Returns:
         The loss per element, with the broadcast shape.
 
-    >>> import jax
-    >>> round(float(sigmoid_binary_cross_entropy(0.0, 1.0)), 6)
-    0.693147
-    >>> float(jax.grad(sigmoid_binary_cross_entropy)(0.0, 1.0))
-    -0.5
+    Examples:
+        >>> import jax
+        >>> round(float(sigmoid_binary_cross_entropy(0.0, 1.0)), 6)
+        0.693147
+        >>> float(jax.grad(sigmoid_binary_cross_entropy)(0.0, 1.0))
+        -0.5
     """
     x, z = promote_floats("sigmoid_binary_cross_entropy", ("logits", "labels"), logits, labels)
     broadcast_shapes("sigmoid_binary_cross_entropy", ("logits", "labels"), x.shape, z.shape)

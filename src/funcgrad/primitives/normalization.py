@@ -32,10 +32,11 @@ def batch_norm(x: Any, gamma: Any, beta: Any, eps: float = 1e-5) -> jax.Array:
     Returns:
         The normalised, scaled and shifted batch, shape ``x.shape``.
 
-    >>> import jax.numpy as jnp
-    >>> y = batch_norm(jnp.array([[1.0], [3.0]]), jnp.ones(1), jnp.zeros(1), eps=0.0)
-    >>> y.ravel().tolist()
-    [-1.0, 1.0]
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> y = batch_norm(jnp.array([[1.0], [3.0]]), jnp.ones(1), jnp.zeros(1), eps=0.0)
+        >>> y.ravel().tolist()
+        [-1.0, 1.0]
     """
     x, gamma, beta = promote_floats("batch_norm", ("x", "gamma", "beta"), x, gamma, beta)
     if x.ndim < 2 or x.shape[0] < 2:

@@ -60,9 +60,10 @@ def sum(x: Any, axis: Axis = None, keepdims: bool = False) -> jax.Array:  # noqa
     Returns:
         The sum.
 
-    >>> import jax, jax.numpy as jnp
-    >>> jax.grad(sum)(jnp.array([1.0, 2.0, 3.0]))
-    Array([1., 1., 1.], dtype=float32)
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> jax.grad(sum)(jnp.array([1.0, 2.0, 3.0]))
+        Array([1., 1., 1.], dtype=float32)
     """
     x = as_float("sum", "x", x)
     axes = _normalize_axis("sum", axis, x.ndim)
@@ -104,9 +105,10 @@ def mean(x: Any, axis: Axis = None, keepdims: bool = False) -> jax.Array:
     Returns:
         The mean.
 
-    >>> import jax, jax.numpy as jnp
-    >>> jax.grad(mean)(jnp.array([1.0, 2.0, 3.0, 4.0]))
-    Array([0.25, 0.25, 0.25, 0.25], dtype=float32)
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> jax.grad(mean)(jnp.array([1.0, 2.0, 3.0, 4.0]))
+        Array([0.25, 0.25, 0.25, 0.25], dtype=float32)
     """
     x = as_float("mean", "x", x)
     axes = _normalize_axis("mean", axis, x.ndim)
