@@ -252,3 +252,30 @@ def test_resume_skips_a_corrupted_newest_checkpoint(tmp_path):
             resumed = _fit(checkpoints=ck, resume=True)
     assert resumed.resumed_from == 3
     assert _leaves_equal(full.state.params, resumed.state.params)
+
+
+def test_clipped_norm_with_value_clipping_matches_optax():
+    tx = train.optimizer(0.1, clip_norm=0.5, clip_value=0.01)
+    state = _state(tx)
+    batch = _batch(*_data())
+    grads = jax.grad(lambda p: LOSS(p, batch)[0])(state.params)
+    want = optax.clip(0.01).update(optax.clip_by_global_norm(0.5).update(grads, None)[0],
+                                   None)[0]
+    _, m = train.make_train_step(LOSS, tx)(jax.tree.map(jnp.copy, state), batch)
+    assert float(m["clipped_grad_norm"]) == pytest.approx(float(optax.tree.norm(want)),
+                                                          rel=1e-5)
+    assert float(m["clipped_grad_norm"]) < float(m["grad_norm"])
+
+
+def test_overflowing_gradient_norm_counts_as_nonfinite():
+    """Finite gradient elements whose norm overflows float32 cannot make a usable step."""
+    def loss_fn(params, batch):
+        return 1e20 * jnp.sum(params[0]["w"]), {"correct": 0.0, "count": 1.0}
+
+    tx = train.optimizer(0.1, clip_norm=1.0)
+    state = _state(tx)
+    before = jax.tree.map(np.asarray, state.params)
+    state, m = train.make_train_step(loss_fn, tx)(state, _batch(*_data()))
+    assert np.isfinite(float(m["loss"]))
+    assert not np.isfinite(float(m["grad_norm"])) and not bool(m["finite"])
+    assert _leaves_equal(before, state.params) and int(state.skipped) == 1

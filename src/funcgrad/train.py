@@ -167,11 +167,18 @@ def classification_loss(apply_fn: Callable[[Any, jax.Array], jax.Array]) -> Call
     return loss_fn
 
 
-def _global_norm(tree: Any) -> jax.Array:
-    import optax
+def _layers(tree: Any) -> list[Any]:
+    if isinstance(tree, (list, tuple)):
+        return list(tree)
+    if isinstance(tree, dict):
+        return [tree[k] for k in sorted(tree)]
+    return [tree]
 
-    norm = getattr(getattr(optax, "tree", None), "norm", None)  # optax >= 0.2.5
-    return norm(tree) if norm is not None else optax.global_norm(tree)
+
+def _layer_squares(tree: Any) -> jax.Array:
+    """Sum of squares of each layer's leaves: the one reduction every norm is built from."""
+    return jnp.stack([sum((jnp.sum(jnp.square(x)) for x in jax.tree.leaves(part)),
+                          start=jnp.zeros((), jnp.float32)) for part in _layers(tree)])
 
 
 def layer_norms(tree: Any) -> jax.Array:
@@ -185,46 +192,52 @@ def layer_norms(tree: Any) -> jax.Array:
 
     Returns:
         A 1-D array of norms.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> layer_norms([{"w": jnp.array([3.0, 4.0])}, {"w": jnp.ones(4)}]).tolist()
+        [5.0, 2.0]
     """
-
-    if isinstance(tree, (list, tuple)):
-        parts = list(tree)
-    elif isinstance(tree, dict):
-        parts = [tree[k] for k in sorted(tree)]
-    else:
-        parts = [tree]
-    return jnp.stack([_global_norm(p) for p in parts])
+    return jnp.sqrt(_layer_squares(tree))
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def _step_body(loss_fn: Callable, tx: Any) -> Callable:
+def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None) -> Callable:
     import optax
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & _all_finite(grads)
+        # every gradient statistic comes from one sum of squares per layer
+        layer_sq = _layer_squares(grads)
+        grad_norm = jnp.sqrt(jnp.sum(layer_sq))
+        # a nan or inf anywhere makes the sum non-finite (so does a norm beyond float32's
+        # range, which no optimizer step could use either)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jnp.where(finite, new, old)  # bitwise old on a bad step
         hp = getattr(state.opt_state, "hyperparams", {})
-        clipped = grads
-        if hp.get("clip_norm") is not None:  # the same stateless transforms the chain uses
-            clipped = optax.clip_by_global_norm(hp["clip_norm"]).update(clipped, None)[0]
-        if hp.get("clip_value") is not None:
+        if hp.get("clip_value") is not None:  # the same stateless transforms the chain uses
+            clipped = grads
+            if hp.get("clip_norm") is not None:
+                clipped = optax.clip_by_global_norm(hp["clip_norm"]).update(clipped, None)[0]
             clipped = optax.clip(hp["clip_value"]).update(clipped, None)[0]
+            clipped_norm = jnp.sqrt(jnp.sum(_layer_squares(clipped)))
+        elif hp.get("clip_norm") is not None:
+            # clip_by_global_norm rescales to exactly clip_norm when the norm exceeds it
+            clipped_norm = jnp.minimum(grad_norm, hp["clip_norm"].astype(grad_norm.dtype))
+        else:
+            clipped_norm = grad_norm
         metrics = {
             "loss": loss,
             "accuracy": aux["correct"] / jnp.maximum(aux["count"], 1.0),
-            "grad_norm": _global_norm(grads),
-            "clipped_grad_norm": _global_norm(clipped),
-            "layer_grad_norms": layer_norms(grads),
-            "update_norm": jnp.where(finite, _global_norm(updates), 0.0),
+            "grad_norm": grad_norm,
+            "clipped_grad_norm": clipped_norm,
+            "layer_grad_norms": jnp.sqrt(layer_sq),
+            "update_norm": jnp.where(finite, jnp.sqrt(jnp.sum(_layer_squares(updates))), 0.0),
             "finite": finite,
         }
+        if stats_fn is not None:  # e.g. funcgrad.flow.History.measure
+            metrics["flow"] = stats_fn(state.params, grads, updates, batch)
         new_state = TrainState(
             params=jax.tree.map(keep, new_params, state.params),
             opt_state=jax.tree.map(keep, new_opt, state.opt_state),
@@ -238,7 +251,8 @@ def _step_body(loss_fn: Callable, tx: Any) -> Callable:
 
 
 def make_train_step(loss_fn: Callable, tx: Any, *, jit: bool = True,
-                    wrap: Callable[[Callable], Callable] | None = None) -> Callable:
+                    wrap: Callable[[Callable], Callable] | None = None,
+                    stats_fn: Callable | None = None) -> Callable:
     """One training step ``(state, batch) -> (state, metrics)``, jitted, state donated.
 
     Metrics (device arrays): ``loss``, ``accuracy``, ``grad_norm`` and
@@ -251,18 +265,22 @@ def make_train_step(loss_fn: Callable, tx: Any, *, jit: bool = True,
         tx: the optax transformation.
         jit: compile with ``jax.jit(..., donate_argnums=0)``.
         wrap: optional decorator applied before jit (e.g. ``chex.assert_max_traces``).
+        stats_fn: optional ``stats_fn(params, grads, updates, batch) -> dict`` computed
+            inside the step (e.g. :meth:`funcgrad.flow.History.measure`); its result is
+            ``metrics["flow"]``.
 
     Returns:
         The step function.
     """
-    step = _step_body(loss_fn, tx)
+    step = _step_body(loss_fn, tx, stats_fn)
     if wrap is not None:
         step = wrap(step)
     return jax.jit(step, donate_argnums=0) if jit else step
 
 
 def make_fused_steps(loss_fn: Callable, tx: Any, *, jit: bool = True,
-                     wrap: Callable[[Callable], Callable] | None = None) -> Callable:
+                     wrap: Callable[[Callable], Callable] | None = None,
+                     stats_fn: Callable | None = None) -> Callable:
     """K training steps in one dispatch: ``(state, batches) -> (state, stacked metrics)``.
 
     ``batches`` has a leading axis of length K; ``lax.scan`` runs the same step as
@@ -273,11 +291,12 @@ def make_fused_steps(loss_fn: Callable, tx: Any, *, jit: bool = True,
         tx: the optax transformation.
         jit: compile with the state donated.
         wrap: optional decorator applied before jit.
+        stats_fn: as in :func:`make_train_step`.
 
     Returns:
         The fused function; its metrics have a leading axis of length K.
     """
-    body = _step_body(loss_fn, tx)
+    body = _step_body(loss_fn, tx, stats_fn)
 
     def fused(state: TrainState, batches: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         return jax.lax.scan(body, state, batches)
@@ -385,6 +404,7 @@ def fit(
     progress: Callable[[int, int, dict[str, Any] | None], None] | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     wrap_step: Callable[[Callable], Callable] | None = None,
+    flow: Any = None,
 ) -> FitResult:
     """Train ``apply_fn`` on ``train`` with minibatch SGD and return the final state.
 
@@ -417,6 +437,9 @@ def fit(
         on_log: called with every logged record.
         wrap_step: decorator for the step functions before jit (tests use
             ``chex.assert_max_traces``).
+        flow: a :class:`funcgrad.flow.History`: its ``measure`` runs inside every step
+            (per-layer gradient statistics), the results stay on the device in it and are
+            fetched when ``fit`` logs (or every ``flow.log_every`` steps).
 
     Returns:
         A :class:`FitResult`.
@@ -458,9 +481,10 @@ def fit(
             put_batch = lambda b, axis: parallel.shard_batch(b, mesh, axis=axis)
 
     loss_fn = classification_loss(apply_fn)
-    step_fn = make_train_step(loss_fn, tx, wrap=wrap_step)
-    fused_fn = (make_fused_steps(loss_fn, tx, wrap=wrap_step) if steps_per_dispatch > 1
-                else None)
+    stats_fn = None if flow is None else flow.measure
+    step_fn = make_train_step(loss_fn, tx, wrap=wrap_step, stats_fn=stats_fn)
+    fused_fn = (make_fused_steps(loss_fn, tx, wrap=wrap_step, stats_fn=stats_fn)
+                if steps_per_dispatch > 1 else None)
     eval_fn = make_eval(loss_fn)
 
     state = init_state(params, tx, seed)
@@ -503,6 +527,8 @@ def fit(
                   "wall_seconds": time.perf_counter() - t0}
         pending = []
         last_logged = step
+        if flow is not None:
+            flow.fetch()
         history.append(record)
         if on_log is not None:
             on_log(record)
@@ -528,6 +554,9 @@ def fit(
         else:
             batch = put_batch((x[rows], y[rows], weights), 1)
             state, metrics = fused_fn(state, batch)
+        if flow is not None:  # stays on the device until the next fetch
+            flow_stats = metrics.pop("flow")
+            flow.append(flow_stats, step if k == 1 else range(step, step + k))
         pending.append(metrics)
         step += k
         record = None
