@@ -35,9 +35,17 @@ def activations() -> list[pathlib.Path]:
     return [pathlib.Path(result["plot"])] if result.get("plot") else []
 
 
+def flow() -> list[pathlib.Path]:
+    """The vanishing and exploding gradient experiments (docs/gradient_flow.md)."""
+    paths = []
+    for name in ("vanishing_gradients", "exploding_gradients"):
+        paths += [pathlib.Path(p) for p in _example(name).main(out=IMG, verbose=False)["plots"]]
+    return paths
+
+
 def main(argv: list[str]) -> int:
     IMG.mkdir(parents=True, exist_ok=True)
-    jobs = {"graphs": graphs, "activations": activations}
+    jobs = {"graphs": graphs, "activations": activations, "flow": flow}
     for name in argv or list(jobs):
         for path in jobs[name]():
             print(f"wrote {path.relative_to(ROOT)}")

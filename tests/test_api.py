@@ -11,7 +11,8 @@ import funcgrad.testing
 
 
 def _public_functions():
-    for mod in (fg, funcgrad.testing, fg.nn, fg.train, fg.data, fg.parallel, fg.checkpoint):
+    for mod in (fg, funcgrad.testing, fg.nn, fg.train, fg.data, fg.parallel, fg.checkpoint,
+                fg.flow):
         for name in mod.__all__:
             obj = getattr(mod, name)
             if inspect.isfunction(obj):

@@ -4,7 +4,7 @@ The public namespace re-exports the primitives (``funcgrad.relu``, ``funcgrad.de
 ...), the registry :data:`PRIMITIVES` and :func:`hessian`.
 """
 
-from . import checkpoint, data, nn, parallel, testing, train
+from . import checkpoint, data, flow, nn, parallel, testing, train
 from .graph import Graph, explain
 from .primitives import (
     add,
@@ -45,6 +45,7 @@ __all__ = [
     "checkpoint",
     "data",
     "fit",
+    "flow",
     "nn",
     "optimizer",
     "parallel",

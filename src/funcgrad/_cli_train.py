@@ -101,6 +101,10 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help="continue from the newest good checkpoint in --checkpoint-dir")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--flow", action="store_true",
+                   help="record per-layer gradient statistics every step, print vanishing/"
+                        "exploding/dead flags when they fire, and with --out write "
+                        "flow.json, flow_heatmap.png and flow_layers.png")
     g = p.add_argument_group("devices")
     g.add_argument("--platform", choices=["cpu", "gpu", "cuda", "rocm", "tpu"],
                    help="force a JAX backend (default: JAX's default)")
@@ -279,6 +283,11 @@ def run_train(args: argparse.Namespace) -> int:
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
 
+    flow_history = None
+    if args.flow:
+        from ._cli_flow import train_history
+
+        flow_history = train_history(args.log_every, apply_fn, echo=is_main)
     checkpoints = None
     if args.checkpoint_dir:
         from .checkpoint import CheckpointManager
@@ -293,7 +302,8 @@ def run_train(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
                 steps_per_dispatch=args.steps_per_dispatch, log_every=args.log_every,
                 eval_data=(x_test, ds.y_test), checkpoints=checkpoints,
-                resume=args.resume, mesh=mesh, progress=bar, on_log=on_log)
+                resume=args.resume, mesh=mesh, progress=bar, on_log=on_log,
+                flow=flow_history)
     finally:
         if metrics_file is not None:
             metrics_file.close()
@@ -318,6 +328,10 @@ def run_train(args: argparse.Namespace) -> int:
         "dataset": ds.name,
         "config": {k: v for k, v in vars(args).items() if k != "func"},
     }
+    if flow_history is not None:
+        from ._cli_flow import finish_train_history
+
+        summary["flow"] = finish_train_history(flow_history, out)
     _print_summary(summary)
     if out is not None:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))

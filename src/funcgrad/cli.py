@@ -4,6 +4,7 @@ Subcommands:
     train    train an MLP on the embedded digits (or your .npz) with SGD and clipping.
     check    run the rule checker over every registered primitive.
     explain  draw one of the lesson's worked examples as a graph with values and gradients.
+    flow     measure vanishing and exploding gradients (the lesson's experiments).
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_train import add_train_parser
 
     add_train_parser(sub)
+
+    from ._cli_flow import add_flow_parser
+
+    add_flow_parser(sub)
     return parser
 
 
