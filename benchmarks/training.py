@@ -1,0 +1,682 @@
+"""Training throughput: scan fusion, per-step dispatch, PyTorch eager, matmul peak, compile time.
+
+Every comparison is measured side by side in one run: a repetition runs each variant once
+(a fixed amount of work), the order of the variants rotates from one repetition to the
+next (A B C, B C A, C A B, ...) so that slow drift of a noisy machine favours none of them,
+and a target is judged on the median over repetitions of the per-repetition (paired) ratio.
+
+1. ``scalar``: the lesson's model ``y = x * w``, ``L = (y - target)^2`` built from
+   ``funcgrad.mul`` and ``funcgrad.squared_error``, plain SGD ``w <- w - 0.01 dL/dw`` with
+   ``x = 2``, ``target = 2``, ``w0 = 3`` (it converges to 1). *fused*: ``lax.scan`` over N
+   steps inside one jitted call; *per-step loop*: a Python ``for`` loop that calls a jitted
+   one-step function once per step (one dispatch per step) and blocks only once, at the end
+   of the repetition (JAX's asynchronous dispatch may overlap the Python loop with the
+   computation; blocking every step would only make the loop slower). Target: fused steps/s
+   >= 1000x the loop's.
+2. ``small``: MLP 64-128-128-10, relu, batch 128, ``funcgrad.nn.mlp`` with
+   ``funcgrad.train.classification_loss`` and ``funcgrad.train.optimizer(0.01,
+   clip_norm=1.0)`` (``clip_by_global_norm(1.0)`` then SGD). *fused*:
+   ``make_fused_steps`` over K = 100 distinct batches per dispatch; *per-step loop*:
+   ``make_train_step`` called once per batch over the same K device-resident batches,
+   metrics never fetched, one block at the end; *torch*: PyTorch eager on CPU, the same
+   layers and initial weights, ``F.cross_entropy``, ``clip_grad_norm_(1.0)``,
+   ``torch.optim.SGD(lr=0.01)`` (torch defaults otherwise), the same batches, fewer steps
+   per repetition (50). Targets: fused >= 1.4x the loop, fused >= 3.5x torch (steps/s),
+   with torch at as many threads as XLA uses (the definition) and, as a second row, at one
+   thread (on a shared, oversubscribed machine torch's OpenMP threads can wait on each other
+   for milliseconds, which makes the 2-thread figure flatter funcgrad). torch is optional:
+   without it the torch comparison is skipped with a note.
+3. ``large``: MLP 784-1024-1024-10, relu, batch 1024. *peak*: a jitted float32 matmul
+   2048x2048x2048 (2 * 2048^3 FLOP). *funcgrad*: ``make_train_step`` as above, whose FLOPs
+   come from XLA's cost analysis of the compiled step (``compiled.cost_analysis()['flops']``,
+   the work actually done; the textbook ``6 * B * sum(in * out)`` is printed beside it for
+   reference only). *plain*: the same step written as a JAX user would, ``x @ w + b``,
+   ``jax.nn.relu``, optax's softmax cross-entropy with integer labels, ``jax.value_and_grad``
+   and the same optax chain, returning only the loss. Targets: funcgrad GFLOP/s >= 0.75 of
+   the peak GFLOP/s; funcgrad step time <= 1.05x the plain step. Informational: the jnp model
+   run through ``make_train_step`` (separates the cost of funcgrad's primitives from the
+   cost of ``train.py``'s per-step metrics), an A/A control (the plain step timed twice,
+   with separate states: its paired ratio shows the noise level), and torch's own 2048^3
+   matmul.
+4. ``compile``: wall time of ``step.lower(state, batch)`` + ``.compile()`` for a freshly
+   built ``make_train_step`` (a new closure each time, so nothing is reused from an earlier
+   trace; XLA's persistent compilation cache is off by default), small and large model.
+   Target: < 1 s each, judged on the median wall time of the repetitions (the first is also
+   shown, and the process CPU time, which a loaded machine disturbs less). Informational: the
+   plain step of section 3 and, for the small model, ``make_fused_steps`` with K = 100.
+
+Threads: XLA's CPU backend uses one intra-op thread per core; torch is set to the same
+number with ``torch.set_num_threads``. torch brings its own BLAS (MKL/oneDNN) and OpenMP;
+the relevant environment variables are printed. Run ``python benchmarks/training.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import funcgrad as fg
+from funcgrad import nn, train
+
+SECTIONS = ("scalar", "small", "large", "compile")
+SMALL = ((64, 128, 128, 10), 128)
+LARGE = ((784, 1024, 1024, 10), 1024)
+PEAK_N = 2048
+LR, CLIP = 0.01, 1.0
+TARGETS = {  # name: (comparison, target, unit)
+    "scalar_fused_over_loop": (">=", 1000.0, "x"),
+    "small_fused_over_loop": (">=", 1.4, "x"),
+    "small_fused_over_torch": (">=", 3.5, "x"),
+    "large_fraction_of_peak": (">=", 0.75, ""),
+    "large_time_over_plain": ("<=", 1.05, ""),
+    "compile_small_s": ("<", 1.0, " s"),
+    "compile_large_s": ("<", 1.0, " s"),
+}
+ENV_VARS = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+            "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def n_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def meets(name, value):
+    if value is None:
+        return None
+    op, target, _ = TARGETS[name]
+    return {">=": value >= target, "<=": value <= target, "<": value < target}[op]
+
+
+def summary(values):
+    q = np.percentile(values, [25, 75])
+    return {"median": statistics.median(values), "q25": float(q[0]), "q75": float(q[1]),
+            "min": min(values), "max": max(values), "all": list(values)}
+
+
+def interleave(variants, reps):
+    """Run ``variants`` (name -> ``fn() -> steps done``) ``reps`` times in rotating order.
+
+    Returns name -> list of seconds per step, one entry per repetition.
+    """
+    names = list(variants)
+    out = {k: [] for k in names}
+    for r in range(reps):
+        shift = r % len(names)
+        for k in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            steps = variants[k]()
+            out[k].append((time.perf_counter() - t0) / steps)
+    return out
+
+
+def paired(times, num, den):
+    """Per-repetition ratio ``times[den] / times[num]``: how many times faster ``num`` is."""
+    return [d / n for n, d in zip(times[num], times[den], strict=True)]
+
+
+def fresh(tree):
+    return jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
+
+
+def cost_flops(compiled):
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost["flops"]) if cost and "flops" in cost else None
+    except Exception:  # noqa: BLE001 - cost analysis is optional per backend
+        return None
+
+
+def import_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(n_cores())
+    return torch
+
+
+def make_batches(sizes, batch, k, seed=1):
+    """K distinct batches ``(x, y, w)`` as NumPy arrays with a leading K axis."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((k, batch, sizes[0]), dtype=np.float32)
+    y = rng.integers(0, sizes[-1], (k, batch), dtype=np.int32)
+    return x, y, np.ones((k, batch), np.float32)
+
+
+# ------------------------------------------------------------------------- 1. scalar
+def scalar_loss(w, x, target):
+    return fg.squared_error(fg.mul(x, w), target)
+
+
+def scalar_step(w, x, target):
+    return w - LR * jax.grad(scalar_loss)(w, x, target)
+
+
+def bench_scalar(reps, log):
+    n_fused, n_loop = 1_000_000, 2000
+    x, target, w0 = jnp.float32(2.0), jnp.float32(2.0), jnp.float32(3.0)
+    step = jax.jit(scalar_step)
+
+    def fused_fn(w, x, target, n):
+        return jax.lax.scan(lambda w, _: (scalar_step(w, x, target), None), w, None,
+                            length=n)[0]
+
+    fused = jax.jit(fused_fn, static_argnums=3)
+    log(f"\n=== 1. scalar: y = x*w, L = (y - target)^2 (fg.mul, fg.squared_error), SGD lr "
+        f"{LR}; fused: lax.scan over {n_fused:,} steps in one dispatch; loop: {n_loop} "
+        f"jitted dispatches, block at the end; {reps} interleaved repetitions ===")
+    w = w0
+    for _ in range(n_loop):
+        w = step(w, x, target)
+    w_fused = fused(w0, x, target, n_loop)
+    log(f"check: w after {n_loop} steps, loop {float(w):.7f}, fused {float(w_fused):.7f} "
+        f"(w0 = 3, fixed point 1)")
+    fused(w0, x, target, n_fused).block_until_ready()  # compile the timed length
+
+    def run_loop():
+        w = w0
+        for _ in range(n_loop):
+            w = step(w, x, target)
+        w.block_until_ready()
+        return n_loop
+
+    def run_fused():
+        fused(w0, x, target, n_fused).block_until_ready()
+        return n_fused
+
+    times = interleave({"fused": run_fused, "loop": run_loop}, reps)
+    ratio = summary(paired(times, "fused", "loop"))
+    for k in times:
+        med = statistics.median(times[k])
+        log(f"{k:6s}: median {med * 1e9:12.1f} ns/step = {1 / med:14,.0f} steps/s")
+    log(f"fused/loop steps/s: median of paired ratios {ratio['median']:,.0f} "
+        f"(IQR {ratio['q25']:,.0f}-{ratio['q75']:,.0f})")
+    return {
+        "n_fused": n_fused, "n_loop": n_loop, "reps": reps,
+        "final_w": {"loop": float(w), "fused": float(w_fused)},
+        "s_per_step": {k: summary(v) for k, v in times.items()},
+        "fused_over_loop": ratio,
+    }
+
+
+# -------------------------------------------------------------------------- 2. small
+def torch_model(torch, params):
+    layers = []
+    for i, p in enumerate(params):
+        lin = torch.nn.Linear(*p["w"].shape)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.asarray(p["w"]).T.copy()))
+            lin.bias.copy_(torch.from_numpy(np.asarray(p["b"]).copy()))
+        layers.append(lin)
+        if i < len(params) - 1:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
+def torch_trainer(torch, params):
+    model = torch_model(torch, params)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    loss_fn = torch.nn.functional.cross_entropy
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+        return loss
+
+    return model, step
+
+
+def bench_small(reps, k, log):
+    sizes, batch = SMALL
+    dispatches = 2
+    torch_steps = min(50, k)  # torch eager is slow: fewer steps per repetition
+    tx = train.optimizer(LR, clip_norm=CLIP)
+    loss_fn = train.classification_loss(nn.mlp)
+    params = nn.init_mlp(jax.random.PRNGKey(0), sizes)
+    xs, ys, ws = make_batches(sizes, batch, k)
+    stacked = jax.device_put((xs, ys, ws))
+    singles = [jax.device_put((xs[i], ys[i], ws[i])) for i in range(k)]
+    step = train.make_train_step(loss_fn, tx)
+    fused = train.make_fused_steps(loss_fn, tx)
+    torch = import_torch()
+    log(f"\n=== 2. small: MLP {'-'.join(map(str, sizes))}, relu, batch {batch}, "
+        f"optimizer(0.01, clip_norm=1.0); fused: make_fused_steps, K={k} per dispatch; loop: "
+        f"make_train_step, one dispatch per step; {dispatches * k} steps per variant per "
+        f"repetition, {reps} interleaved repetitions ===")
+
+    # Same computation? One step from the same parameters on batch 0.
+    s1, m1 = step(train.init_state(fresh(params), tx), singles[0])
+    sf, mf = fused(train.init_state(fresh(params), tx), jax.tree.map(lambda a: a[:1], stacked))
+    diff = max(float(jnp.max(jnp.abs(a - b)))
+               for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(sf.params),
+                               strict=True))
+    log(f"check: step-0 loss {float(m1['loss']):.6f} (fused {float(mf['loss'][0]):.6f}), "
+        f"grad norm {float(m1['grad_norm']):.4f}; max |params loop - fused| after one step "
+        f"{diff:.1e}")
+    torch_check = None
+    tx_in = tx_out = None
+    if torch is not None:
+        tx_in = [torch.from_numpy(xs[i]) for i in range(k)]
+        tx_out = [torch.from_numpy(ys[i].astype(np.int64)) for i in range(k)]
+        model, tstep = torch_trainer(torch, params)
+        t_loss = float(tstep(tx_in[0], tx_out[0]).detach())
+        t_params = [(lin.weight.detach().numpy().T, lin.bias.detach().numpy())
+                    for lin in model if isinstance(lin, torch.nn.Linear)]
+        t_diff = max(max(float(np.max(np.abs(np.asarray(p["w"]) - tw))),
+                         float(np.max(np.abs(np.asarray(p["b"]) - tb))))
+                     for p, (tw, tb) in zip(s1.params, t_params, strict=True))
+        torch_check = {"loss": t_loss, "max_abs_param_diff_after_one_step": t_diff}
+        log(f"check: torch step-0 loss {t_loss:.6f}; max |params funcgrad - torch| after one "
+            f"step {t_diff:.1e}")
+        log(f"torch {torch.__version__}: set_num_threads({n_cores()}), get_num_threads() = "
+            f"{torch.get_num_threads()}, interop threads {torch.get_num_interop_threads()}")
+    else:
+        log("torch is not importable: the torch comparison is skipped")
+
+    states = {"fused": train.init_state(fresh(params), tx),
+              "loop": train.init_state(fresh(params), tx)}
+
+    def run_fused():
+        st = states["fused"]
+        for _ in range(dispatches):
+            st, _m = fused(st, stacked)
+        jax.block_until_ready(st)
+        states["fused"] = st
+        return dispatches * k
+
+    def run_loop():
+        st = states["loop"]
+        for _ in range(dispatches):
+            for b in singles:
+                st, _m = step(st, b)
+        jax.block_until_ready(st)
+        states["loop"] = st
+        return dispatches * k
+
+    variants = {"fused": run_fused, "loop": run_loop}
+    if torch is not None:
+        def torch_runner(threads):
+            _, tstep = torch_trainer(torch, params)
+
+            def run():
+                torch.set_num_threads(threads)
+                try:
+                    for xb, yb in zip(tx_in[:torch_steps], tx_out[:torch_steps], strict=True):
+                        tstep(xb, yb)
+                finally:
+                    torch.set_num_threads(n_cores())
+                return torch_steps
+            return run
+
+        variants["torch"] = torch_runner(n_cores())
+        variants["torch_1thread"] = torch_runner(1)
+    for fn in variants.values():  # warm-up
+        fn()
+    times = interleave(variants, reps)
+    for name in times:
+        med = statistics.median(times[name])
+        log(f"{name:6s}: median {med * 1e6:9.1f} us/step = {1 / med:9,.0f} steps/s "
+            f"(min {min(times[name]) * 1e6:.1f}, max {max(times[name]) * 1e6:.1f} us)")
+    r_loop = summary(paired(times, "fused", "loop"))
+    log(f"fused/loop  steps/s: median of paired ratios {r_loop['median']:.3f} "
+        f"(IQR {r_loop['q25']:.3f}-{r_loop['q75']:.3f})")
+    r_torch = loop_torch = r_torch1 = None
+    if torch is not None:
+        r_torch = summary(paired(times, "fused", "torch"))
+        loop_torch = summary(paired(times, "loop", "torch"))
+        log(f"fused/torch steps/s: median of paired ratios {r_torch['median']:.3f} "
+            f"(IQR {r_torch['q25']:.3f}-{r_torch['q75']:.3f})")
+        log(f"loop/torch  steps/s: median of paired ratios {loop_torch['median']:.3f} "
+            f"(IQR {loop_torch['q25']:.3f}-{loop_torch['q75']:.3f}) (informational)")
+        r_torch1 = summary(paired(times, "fused", "torch_1thread"))
+        log(f"fused/torch with torch.set_num_threads(1): median of paired ratios "
+            f"{r_torch1['median']:.3f} (IQR {r_torch1['q25']:.3f}-{r_torch1['q75']:.3f})")
+    return {
+        "sizes": list(sizes), "batch": batch, "k": k, "steps_per_rep": dispatches * k,
+        "reps": reps, "torch": None if torch is None else torch.__version__,
+        "torch_threads": None if torch is None else torch.get_num_threads(),
+        "check": {"loss": float(m1["loss"]), "max_abs_param_diff_loop_fused": diff,
+                  "torch": torch_check},
+        "s_per_step": {name: summary(v) for name, v in times.items()},
+        "fused_over_loop": r_loop, "fused_over_torch": r_torch, "loop_over_torch": loop_torch,
+        "fused_over_torch_1thread": r_torch1, "torch_steps_per_rep": torch_steps,
+    }
+
+
+# -------------------------------------------------------------------------- 3. large
+def jnp_logits(params, x):
+    h = x
+    for layer in params[:-1]:
+        h = jax.nn.relu(h @ layer["w"] + layer["b"])
+    return h @ params[-1]["w"] + params[-1]["b"]
+
+
+def jnp_loss(params, batch):
+    x, y, w = batch
+    per_example = optax.softmax_cross_entropy_with_integer_labels(jnp_logits(params, x), y)
+    return jnp.sum(per_example * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def jnp_classification_loss(params, batch):
+    """``jnp_loss`` with the aux that ``train.make_train_step`` expects."""
+    x, y, w = batch
+    logits = jnp_logits(params, x)
+    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    count = jnp.sum(w)
+    correct = jnp.sum(jnp.where(jnp.argmax(logits, axis=-1) == y, w, 0.0))
+    return jnp.sum(per_example * w) / jnp.maximum(count, 1.0), {"correct": correct,
+                                                               "count": count}
+
+
+def make_plain_step(tx):
+    def step(state, batch):
+        params, opt_state = state
+        loss, grads = jax.value_and_grad(jnp_loss)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def bench_large(reps, steps, log):
+    sizes, batch = LARGE
+    tx = train.optimizer(LR, clip_norm=CLIP)
+    params = nn.init_mlp(jax.random.PRNGKey(0), sizes)
+    xs, ys, ws = make_batches(sizes, batch, 1)
+    b = jax.device_put((xs[0], ys[0], ws[0]))
+    log(f"\n=== 3. large: MLP {'-'.join(map(str, sizes))}, relu, batch {batch}, "
+        f"optimizer(0.01, clip_norm=1.0); peak: jitted float32 matmul {PEAK_N}^3; "
+        f"{steps} steps per variant per repetition, {reps} interleaved repetitions ===")
+
+    a_mm = jax.random.normal(jax.random.PRNGKey(2), (PEAK_N, PEAK_N), jnp.float32)
+    b_mm = jax.random.normal(jax.random.PRNGKey(3), (PEAK_N, PEAK_N), jnp.float32)
+    mm = jax.jit(jnp.matmul).lower(a_mm, b_mm).compile()
+    mm_flops = 2.0 * PEAK_N**3
+    log(f"peak matmul: {mm_flops / 1e9:.3f} GFLOP per call (XLA cost analysis "
+        f"{(cost_flops(mm) or float('nan')) / 1e9:.3f})")
+
+    fg_step = train.make_train_step(train.classification_loss(nn.mlp), tx)
+    jt_step = train.make_train_step(jnp_classification_loss, tx)
+    plain = make_plain_step(tx)
+    states = {"funcgrad": train.init_state(fresh(params), tx),
+              "jnp_train_step": train.init_state(fresh(params), tx),
+              "plain": (fresh(params), tx.init(fresh(params)))}
+    fns = {"funcgrad": fg_step.lower(states["funcgrad"], b).compile(),
+           "jnp_train_step": jt_step.lower(states["jnp_train_step"], b).compile(),
+           "plain": plain.lower(states["plain"], b).compile()}
+    flops = {k: cost_flops(c) for k, c in fns.items()}
+    textbook = 6.0 * batch * sum(i * o for i, o in zip(sizes[:-1], sizes[1:], strict=True))
+    for k, f in flops.items():
+        log(f"step FLOPs {k:14s}: XLA cost analysis "
+            f"{(f or float('nan')) / 1e9:.3f} GFLOP (textbook 6*B*sum(in*out) = "
+            f"{textbook / 1e9:.3f}; the first layer needs no input gradient)")
+    step_flops = flops["funcgrad"] or textbook
+
+    # Same computation? One step of each from the same parameters.
+    s_fg, m_fg = fns["funcgrad"](train.init_state(fresh(params), tx), b)
+    (p_pl, _), l_pl = fns["plain"]((fresh(params), tx.init(fresh(params))), b)
+    diff = max(float(jnp.max(jnp.abs(u - v)))
+               for u, v in zip(jax.tree.leaves(s_fg.params), jax.tree.leaves(p_pl),
+                               strict=True))
+    log(f"check: step-0 loss funcgrad {float(m_fg['loss']):.6f}, plain {float(l_pl):.6f}; "
+        f"max |params funcgrad - plain| after one step {diff:.1e}")
+
+    def runner(name):
+        def run():
+            st = states[name]
+            for _ in range(steps):
+                st, _m = fns[name](st, b)
+            jax.block_until_ready(st)
+            states[name] = st
+            return steps
+        return run
+
+    def run_peak():
+        for _ in range(steps):
+            out = mm(a_mm, b_mm)
+        out.block_until_ready()
+        return steps
+
+    # A/A control: the plain step once more, with its own state, to show the noise level
+    fns["plain_again"] = fns["plain"]
+    states["plain_again"] = (fresh(params), tx.init(fresh(params)))
+    variants = {"peak": run_peak, **{k: runner(k) for k in fns}}
+    torch = import_torch()
+    if torch is not None:
+        ta, tb = torch.from_numpy(np.array(a_mm)), torch.from_numpy(np.array(b_mm))
+
+        def run_torch_mm():
+            for _ in range(steps):
+                torch.mm(ta, tb)
+            return steps
+
+        variants["torch_matmul"] = run_torch_mm
+    for fn in variants.values():  # warm-up
+        fn()
+    times = interleave(variants, reps)
+    gflops = {"peak": [mm_flops / t / 1e9 for t in times["peak"]]}
+    for k in fns:
+        gflops[k] = [(flops.get(k) or flops["plain"]) / t / 1e9 for t in times[k]]
+    if "torch_matmul" in times:
+        gflops["torch_matmul"] = [mm_flops / t / 1e9 for t in times["torch_matmul"]]
+    for k in times:
+        log(f"{k:14s}: median {statistics.median(times[k]) * 1e3:8.2f} ms/call, "
+            f"{statistics.median(gflops[k]):6.1f} GFLOP/s (min {min(times[k]) * 1e3:.2f}, "
+            f"max {max(times[k]) * 1e3:.2f} ms)")
+    frac = summary([s / p for s, p in zip(gflops["funcgrad"], gflops["peak"], strict=True)])
+    frac_plain = summary([s / p for s, p in zip(gflops["plain"], gflops["peak"], strict=True)])
+    t_ratio = summary(paired(times, "plain", "funcgrad"))
+    t_train = summary(paired(times, "plain", "jnp_train_step"))
+    t_prim = summary(paired(times, "jnp_train_step", "funcgrad"))
+    t_aa = summary(paired(times, "plain", "plain_again"))
+    log(f"funcgrad fraction of peak: median of paired ratios {frac['median']:.3f} "
+        f"(IQR {frac['q25']:.3f}-{frac['q75']:.3f}); plain {frac_plain['median']:.3f} "
+        f"(same FLOP count)")
+    log(f"time funcgrad/plain: median of paired ratios {t_ratio['median']:.3f} "
+        f"(IQR {t_ratio['q25']:.3f}-{t_ratio['q75']:.3f})")
+    log(f"  split: jnp model in make_train_step / plain {t_train['median']:.3f} (train.py's "
+        f"metrics and skip logic), funcgrad / jnp in make_train_step {t_prim['median']:.3f} "
+        f"(the primitives)")
+    log(f"  A/A control plain_again/plain: median {t_aa['median']:.3f} (IQR {t_aa['q25']:.3f}-"
+        f"{t_aa['q75']:.3f}, min {t_aa['min']:.3f}, max {t_aa['max']:.3f})")
+    return {
+        "sizes": list(sizes), "batch": batch, "reps": reps, "steps_per_rep": steps,
+        "peak_matmul": {"n": PEAK_N, "flops": mm_flops},
+        "step_flops_xla": flops, "step_flops_textbook_6BP": textbook,
+        "step_flops_used": step_flops,
+        "check": {"max_abs_param_diff_funcgrad_plain": diff},
+        "s_per_call": {k: summary(v) for k, v in times.items()},
+        "gflops": {k: summary(v) for k, v in gflops.items()},
+        "fraction_of_peak": frac, "plain_fraction_of_peak": frac_plain,
+        "time_over_plain": t_ratio, "jnp_train_step_over_plain": t_train,
+        "funcgrad_over_jnp_train_step": t_prim, "aa_control_plain_again_over_plain": t_aa,
+    }
+
+
+# ------------------------------------------------------------------------ 4. compile
+def bench_compile(reps, log):
+    log(f"\n=== 4. compile: lower + compile of a freshly built make_train_step, "
+        f"{reps} repetitions per model ===")
+    out = {}
+    for name, (sizes, batch) in (("small", SMALL), ("large", LARGE)):
+        tx = train.optimizer(LR, clip_norm=CLIP)
+        params = nn.init_mlp(jax.random.PRNGKey(0), sizes)
+        xs, ys, ws = make_batches(sizes, batch, 1)
+        b = jax.device_put((xs[0], ys[0], ws[0]))
+        state = train.init_state(params, tx)
+        builders = {
+            "train_step": (lambda tx=tx: train.make_train_step(
+                train.classification_loss(nn.mlp), tx), state),
+            "plain": (lambda tx=tx: make_plain_step(tx), (params, tx.init(params))),
+        }
+        if name == "small":
+            stacked = jax.tree.map(lambda a: np.stack([a] * 100), b)
+            builders["fused_k100"] = (lambda tx=tx: train.make_fused_steps(
+                train.classification_loss(nn.mlp), tx), state)
+        rows = {k: [] for k in builders}
+        for _ in range(reps):  # interleaved, like everything else
+            for k, (build, arg) in builders.items():
+                fn = build()
+                batch = stacked if k == "fused_k100" else b
+                t0, c0 = time.perf_counter(), time.process_time()
+                lowered = fn.lower(arg, batch)
+                t1 = time.perf_counter()
+                lowered.compile()
+                t2, c2 = time.perf_counter(), time.process_time()
+                rows[k].append((t1 - t0, t2 - t1, t2 - t0, c2 - c0))
+        res = {}
+        for k, rr in rows.items():
+            totals = [r[2] for r in rr]
+            res[k] = {"total_s": summary(totals), "first_s": totals[0],
+                      "trace_lower_s": [r[0] for r in rr], "compile_s": [r[1] for r in rr],
+                      "cpu_s": [r[3] for r in rr]}
+            log(f"{name} {k:10s}: lower+compile median {statistics.median(totals):.3f} s "
+                f"wall (first {totals[0]:.3f}; trace+lower "
+                f"{statistics.median([r[0] for r in rr]):.3f} + XLA compile "
+                f"{statistics.median([r[1] for r in rr]):.3f}), process CPU "
+                f"{statistics.median([r[3] for r in rr]):.3f} s; all "
+                + ", ".join(f"{t:.3f}" for t in totals)
+                + ("" if k == "train_step" else "  (informational)"))
+        out[name] = {**res["train_step"], "others": {k: v for k, v in res.items()
+                                                     if k != "train_step"}}
+    return out
+
+
+# -------------------------------------------------------------------------- report
+def verdict(ok):
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+def rows_for(results):
+    rows = []
+
+    def add(section, what, name, value, fmt, spread=""):
+        op, target, unit = TARGETS[name]
+        rows.append({"section": section, "comparison": what, "key": name, "value": value,
+                     "text": "skipped (no torch)" if value is None
+                     else fmt.format(value) + spread,
+                     "target": f"{op} {target:g}{unit}",
+                     "ok": meets(name, value)})
+
+    def iqr(r, fmt):
+        return f" (IQR {fmt.format(r['q25'])}-{fmt.format(r['q75'])})"
+
+    if "scalar" in results:
+        r = results["scalar"]["fused_over_loop"]
+        add("scalar", "fused steps/s / per-step loop steps/s", "scalar_fused_over_loop",
+            r["median"], "{:,.0f}x", iqr(r, "{:,.0f}"))
+    if "small" in results:
+        s = results["small"]
+        r = s["fused_over_loop"]
+        add("small", "fused steps/s / per-step loop steps/s", "small_fused_over_loop",
+            r["median"], "{:.2f}x", iqr(r, "{:.2f}"))
+        for key, label in (("fused_over_torch", f"{n_cores()} torch threads"),
+                           ("fused_over_torch_1thread", "1 torch thread")):
+            r = s[key]
+            add("small", f"fused steps/s / torch eager steps/s ({label})",
+                "small_fused_over_torch", None if r is None else r["median"], "{:.2f}x",
+                "" if r is None else iqr(r, "{:.2f}"))
+    if "large" in results:
+        g = results["large"]
+        r = g["fraction_of_peak"]
+        add("large", "funcgrad step GFLOP/s / matmul peak GFLOP/s", "large_fraction_of_peak",
+            r["median"], "{:.3f}", iqr(r, "{:.3f}"))
+        r = g["time_over_plain"]
+        add("large", "funcgrad step time / plain jax.nn step time", "large_time_over_plain",
+            r["median"], "{:.3f}", iqr(r, "{:.3f}"))
+    if "compile" in results:
+        for name in ("small", "large"):
+            c = results["compile"][name]
+            add("compile", f"{name} train step lower+compile (median; first "
+                f"{c['first_s']:.2f} s)", f"compile_{name}_s", c["total_s"]["median"],
+                "{:.3f} s")
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="fewer repetitions (same definitions), for a smoke run")
+    p.add_argument("--only", choices=SECTIONS, action="append",
+                   help="run only this section (repeatable)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = p.parse_args(argv)
+    sections = args.only or list(SECTIONS)
+    q = args.quick
+
+    env = {k: os.environ.get(k) for k in ENV_VARS}
+    print(f"funcgrad training benchmark: jax {jax.__version__}, optax {optax.__version__}, "
+          f"backend {jax.default_backend()}, {jax.device_count()} device(s), {n_cores()} "
+          f"usable CPU core(s), {platform.machine()}, Python {platform.python_version()}")
+    try:
+        la = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        la = "n/a"
+    print(f"load average at start: {la}")
+    print("threads: XLA CPU intra-op pool = one thread per core; torch.set_num_threads("
+          f"{n_cores()}) when torch is used; environment "
+          + ", ".join(f"{k}={v if v is not None else '(unset)'}" for k, v in env.items()))
+    t_start = time.perf_counter()
+    results = {}
+    if "compile" in sections:  # first, while the process has compiled the least
+        results["compile"] = bench_compile(3 if q else 5, print)
+    if "scalar" in sections:
+        results["scalar"] = bench_scalar(7 if q else 21, print)
+    if "small" in sections:
+        results["small"] = bench_small(7 if q else 21, 100, print)
+    if "large" in sections:
+        results["large"] = bench_large(5 if q else 15, 3, print)
+
+    rows = rows_for(results)
+    print("\n| section | comparison | measured, median of paired ratios (IQR) | target | "
+          "verdict |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['section']} | {r['comparison']} | {r['text']} | {r['target']} | "
+              f"{verdict(r['ok'])} |")
+    if "small" in results and results["small"]["fused_over_torch"] is None:
+        print("(torch is not importable: the torch comparison was skipped)")
+    try:
+        la = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        la = "n/a"
+    print(f"\nwall time {time.perf_counter() - t_start:.1f} s; load average at end: {la}")
+
+    if args.json:
+        doc = {
+            "benchmark": "benchmarks/training.py",
+            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+            "date": datetime.date.today().isoformat(),
+            "jax": jax.__version__, "optax": optax.__version__,
+            "backend": jax.default_backend(), "cpu_cores": n_cores(), "env": env,
+            "results": results,
+            "table": [{k: v for k, v in r.items() if k != "text"} | {"verdict": verdict(r["ok"])}
+                      for r in rows],
+        }
+        with open(args.json, "w") as fh:
+            json.dump(doc, fh, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
