@@ -59,11 +59,10 @@ def main(out: str | Path | None = None, verbose: bool = True, **settings) -> dic
             print(f"\n{bad.config.name}: loss per step {shown}, ...")
     numbers["plots"] = []
     if out is not None:
-        try:
-            paths = flow.plot({r.config.name: r.history for r in results},
-                              Path(out) / "flow_exploding", title="exploding gradients")
-            numbers["plots"] = [str(p) for p in paths]
-        except ImportError:
+        paths = flow.plot_if_available({r.config.name: r.history for r in results},
+                                       Path(out) / "flow_exploding", title="exploding gradients")
+        numbers["plots"] = [str(p) for p in paths]
+        if not paths:
             print("matplotlib is not installed: skipping the plots (pip install matplotlib)")
         if verbose and numbers["plots"]:
             print("\nwrote " + ", ".join(numbers["plots"]))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -55,3 +57,15 @@ def compiled_vjps(name: str, oracle64: bool = False):
         return out, out_ref, pull(ct.astype(out.dtype)), pull_ref(ct.astype(out_ref.dtype))
 
     return jax.jit(both)
+
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name: str):
+    """Import ``examples/<name>.py`` as a module (examples/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"funcgrad_example_{name}",
+                                                  EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import runpy
 import sys
 from pathlib import Path
@@ -10,25 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load(name: str):
-    """Import examples/<name>.py as a module (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"funcgrad_example_{name}",
-                                                  EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import EXAMPLES, load_example
 
 
 def test_computational_graph():
-    n = load("computational_graph").main(verbose=False)
+    n = load_example("computational_graph").main(verbose=False)
     assert n == {"s": 5.0, "z": 20.0, "dz/ds": 4.0, "dz/dx": 4.0, "dz/dy": 4.0, "dz/dw": 5.0}
 
 
 def test_backprop_step_by_step_lesson_numbers():
-    n = load("backprop_step_by_step").main(verbose=False)
+    n = load_example("backprop_step_by_step").main(verbose=False)
     # The lesson's numbers, exactly (all exact in float32).
     assert n["y"] == 6.0
     assert n["L"] == 16.0
@@ -42,14 +32,14 @@ def test_backprop_step_by_step_lesson_numbers():
 
 
 def test_pytorch_equivalent():
-    n = load("pytorch_equivalent").main(verbose=False)
+    n = load_example("pytorch_equivalent").main(verbose=False)
     assert n["loss"] == 4.0
     assert n["dloss/dw"] == 8.0 and n["dloss/dx"] == 12.0
     assert n["graph dloss/dw"] == 8.0 and n["graph dloss/dx"] == 12.0
 
 
 def test_chain_rule_product_equals_jax_grad():
-    n = load("chain_rule").main(verbose=False)
+    n = load_example("chain_rule").main(verbose=False)
     assert n["x"] == 1.0 and n["y"] == 1.0 and n["dy/dx"] == 2.0
     assert n["z"] == pytest.approx(1.0 / (1.0 + np.exp(-1.0)), rel=1e-6)
     assert n["dz/dy"] == pytest.approx(n["z"] * (1.0 - n["z"]), rel=1e-6)
@@ -61,7 +51,7 @@ def test_chain_rule_product_equals_jax_grad():
 
 
 def test_activation_derivatives_agree():
-    mod = load("activation_derivatives")
+    mod = load_example("activation_derivatives")
     r = mod.main(verbose=False)
     assert r["plot"] is None
     for name in ("relu", "sigmoid", "tanh"):
@@ -78,13 +68,13 @@ def test_activation_derivatives_agree():
 
 def test_activation_plot(tmp_path):
     pytest.importorskip("matplotlib")
-    r = load("activation_derivatives").main(out=tmp_path, verbose=False)
+    r = load_example("activation_derivatives").main(out=tmp_path, verbose=False)
     png = Path(r["plot"])
     assert png.parent == tmp_path and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_activation_plot_without_matplotlib(tmp_path, monkeypatch, capsys):
-    mod = load("activation_derivatives")
+    mod = load_example("activation_derivatives")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     assert mod.plot(tmp_path) is None
     assert "matplotlib is not installed" in capsys.readouterr().out

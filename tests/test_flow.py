@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from pathlib import Path
 
 import chex
 import jax
@@ -15,18 +14,11 @@ import numpy as np
 import pytest
 
 import funcgrad as fg
+from conftest import load_example
 from funcgrad import cli, flow, nn, train
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PNG = b"\x89PNG\r\n\x1a\n"
 
-
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"funcgrad_example_{name}",
-                                                  EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ----------------------------------------------------------------------------- layer_stats

@@ -767,6 +767,24 @@ def _default_steps(steps: np.ndarray) -> list[int]:
     return sorted({int(s) for s in picks})
 
 
+def plot_if_available(history: History | Mapping[str, History], path: str | os.PathLike[str],
+                      **kwargs: Any) -> list[Path]:
+    """Like :func:`plot`, but return ``[]`` instead of raising when matplotlib is missing.
+
+    Args:
+        history: as in :func:`plot`.
+        path: as in :func:`plot`.
+        **kwargs: options of :func:`plot`.
+
+    Returns:
+        The paths written, or ``[]`` without matplotlib.
+    """
+    try:
+        return plot(history, path, **kwargs)
+    except ImportError:
+        return []
+
+
 def plot(history: History | Mapping[str, History], path: str | os.PathLike[str], *,
          key: str = "grad_norm", steps: Sequence[int] | None = None,
          title: str | None = None) -> list[Path]:
