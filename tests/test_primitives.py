@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 import chex
 import jax
@@ -326,29 +327,39 @@ def test_f_log_follows_ieee():
 
 # ----------------------------------------------------------------------- hand-written
 FORBIDDEN = {"grad", "vjp", "jvp", "linearize", "jacrev", "jacfwd", "hessian", "value_and_grad"}
+# any mention of an autodiff entry point as code, docstring examples included
+FORBIDDEN_TEXT = re.compile(r"\bjax\s*\.\s*(" + "|".join(sorted(FORBIDDEN)) + r")\b|"
+                            r"\bfrom\s+jax\s+import\s+[^\n]*\b(" + "|".join(sorted(FORBIDDEN))
+                            + r")\b")
+
+
+def _forbidden_uses(path_name, text):
+    hits = [f"{path_name}:{text.count(chr(10), 0, m.start()) + 1} {m.group(0)}"
+            for m in FORBIDDEN_TEXT.finditer(text)]
+    for node in ast.walk(ast.parse(text)):  # aliases such as `from jax import grad as g`
+        if isinstance(node, ast.Attribute) and node.attr in FORBIDDEN:
+            hits.append(f"{path_name}:{node.lineno} .{node.attr}")
+    return sorted(set(hits))
 
 
 def test_primitives_never_call_jax_autodiff():
+    """Scans source *and* docstrings: the rules' examples run the rules themselves."""
     root = pathlib.Path(fg.__file__).parent / "primitives"
     files = sorted(root.glob("*.py"))
     assert len(files) >= 7
-    offenders = []
-    for path in files:
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and node.attr in FORBIDDEN:
-                offenders.append(f"{path.name}:{node.lineno} .{node.attr}")
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("jax"):
-                offenders += [f"{path.name}:{node.lineno} import {a.name}" for a in node.names
-                              if a.name in FORBIDDEN]
+    offenders = [hit for path in files for hit in _forbidden_uses(path.name, path.read_text())]
     assert not offenders, offenders
 
 
-def test_source_scan_detects_a_forbidden_call(tmp_path):
-    """The scan above can fail: it flags jax.grad in a snippet."""
-    tree = ast.parse("import jax\ndef f(x):\n    return jax.grad(g)(x)\n")
-    hits = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in FORBIDDEN]
-    assert hits == ["grad"]
+@pytest.mark.parametrize("snippet", [
+    "import jax\ndef f(x):\n    return jax.grad(g)(x)\n",
+    'def f(x):\n    """\n    >>> jax.vjp(f, 1.0)\n    """\n',
+    "from jax import linearize as lin\n",
+    "import jax as j\ny = j.jacrev(f)\n",
+])
+def test_source_scan_detects_a_forbidden_call(snippet):
+    """The scan above can fail: code, docstring examples, imports and aliases are flagged."""
+    assert _forbidden_uses("snippet.py", snippet)
 
 
 # -------------------------------------------------------------------------- registry

@@ -1,7 +1,8 @@
 """The custom VJP layer: every funcgrad primitive with its hand-written backward rule.
 
-Code in this package never calls ``jax.grad``, ``jax.vjp``, ``jax.jvp``, ``jax.linearize``
-or ``jax.jacrev``; those are the checker's oracle, not the rules' implementation.
+Nothing in this package, docstring examples included, calls JAX's autodiff entry points
+(grad, vjp, jvp, linearize, jacrev and friends): those are the checker's oracle, not the
+rules' implementation. Examples run a rule directly with ``_broadcast.run_rule``.
 """
 
 from ._broadcast import unbroadcast
