@@ -15,20 +15,14 @@ import sys
 import time
 from collections.abc import Sequence
 
+from ._text import text_table
+
 __all__ = ["main"]
 
 
 def _fmt_bytes(count_bytes: tuple[int, int]) -> str:
     n, b = count_bytes
     return f"{n} / {b} B"
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    sep = "  ".join("-" * w for w in widths)
-    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join([line, sep, *body])
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -48,7 +42,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             f"{r.max_abs_err_f64:.1e}",
             "PASS" if r.ok else "FAIL",
         ])
-    print(_table(rows, ["primitive", "derivative", "saved (rule)", "saved (jax autodiff)",
+    print(text_table(rows, ["primitive", "derivative", "saved (rule)", "saved (jax autodiff)",
                         "max err f32", "max err f64", "status"]))
     failed = [r for r in reports if not r.ok]
     for r in failed:

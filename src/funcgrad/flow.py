@@ -49,6 +49,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._text import text_table
+
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "EXPLODING_CONFIGS",
@@ -1284,13 +1286,6 @@ def exploding_experiment(configs: Sequence[NetConfig] = EXPLODING_CONFIGS,
     return [run_config(c, **kwargs) for c in configs]
 
 
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
-    return "\n".join([fmt(headers), "  ".join("-" * w for w in widths),
-                      *(fmt(r).rstrip() for r in rows)])
-
-
 def _num(v: float) -> str:
     return "nan" if not math.isfinite(v) else f"{v:.2g}" if abs(v) < 1e4 and abs(v) >= 0.1 \
         else f"{v:.1e}"
@@ -1324,7 +1319,7 @@ def format_vanishing_table(results: Sequence[RunResult]) -> str:
              f"{_num(float(r.init['loss']))} -> {_num(float(r.final['loss']))}",
              "-" if r.first_nonfinite is None else str(r.first_nonfinite)]
             for r in results]
-    return _table(rows, ["network", "g0/gL init", "flags init", "sat init",
+    return text_table(rows, ["network", "g0/gL init", "flags init", "sat init",
                          f"g0/gL {n}", f"flags after {n}", f"sat {n}", "probe loss",
                          "non-finite at"])
 
@@ -1350,6 +1345,6 @@ def format_exploding_table(results: Sequence[RunResult]) -> str:
                      "-" if r.first_nonfinite is None else str(r.first_nonfinite),
                      _num(float(np.mean(tail))), _num(float(r.final["loss"])),
                      r.init_flags.short(), _after(r)])
-    return _table(rows, ["run", "loss step 0", "max layer |g| step 0", "non-finite at",
+    return text_table(rows, ["run", "loss step 0", "max layer |g| step 0", "non-finite at",
                          f"loss last 20 of {n}", "probe loss after", "flags step 0",
                          f"flags after {n}"])

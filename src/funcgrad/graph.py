@@ -50,6 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._text import text_table
+
 try:
     from jax.extend.core import DropVar as _DropVar
     from jax.extend.core import Literal as _Literal
@@ -324,16 +326,6 @@ def summarize(v: Any) -> str:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
-    sep = "  ".join("-" * w for w in widths)
-    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-            for r in rows]
-    return [line, sep, *body]
 
 
 _ASCII = str.maketrans({"─": "-", "┐": "+", "┘": "+", "┤": "+", "├": "+", "┼": "+",
@@ -710,7 +702,7 @@ class Graph:
             if new:
                 row.append(summarize(new[n.name]) if n.name in new else "")
             rows.append(row)
-        return "\n".join(_table(rows, headers))
+        return text_table(rows, headers)
 
     def to_text(
         self,
