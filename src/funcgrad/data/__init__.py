@@ -73,29 +73,23 @@ class Dataset:
     name: str
 
     def __post_init__(self) -> None:
-        for field in ("x_train", "x_test"):
+        for field, dtype, ndim, layout in (
+            ("x_train", np.float32, 2, "2-D (samples, features)"),
+            ("x_test", np.float32, 2, "2-D (samples, features)"),
+            ("y_train", np.int32, 1, "1-D (samples,)"),
+            ("y_test", np.int32, 1, "1-D (samples,)"),
+        ):
             value = getattr(self, field)
-            if not isinstance(value, np.ndarray) or value.dtype != np.float32:
+            name = np.dtype(dtype).name
+            if not isinstance(value, np.ndarray) or value.dtype != dtype:
                 raise TypeError(
-                    f"Dataset: {field} must be a float32 NumPy array; "
-                    f"expected dtype float32, got {_describe(value)}"
+                    f"Dataset: {field} must be a {name} NumPy array; "
+                    f"expected dtype {name}, got {_describe(value)}"
                 )
-            if value.ndim != 2:
+            if value.ndim != ndim:
                 raise ValueError(
-                    f"Dataset: {field} must be 2-D (samples, features); "
-                    f"expected ndim 2, got shape {value.shape}"
-                )
-        for field in ("y_train", "y_test"):
-            value = getattr(self, field)
-            if not isinstance(value, np.ndarray) or value.dtype != np.int32:
-                raise TypeError(
-                    f"Dataset: {field} must be an int32 NumPy array; "
-                    f"expected dtype int32, got {_describe(value)}"
-                )
-            if value.ndim != 1:
-                raise ValueError(
-                    f"Dataset: {field} must be 1-D (samples,); "
-                    f"expected ndim 1, got shape {value.shape}"
+                    f"Dataset: {field} must be {layout}; "
+                    f"expected ndim {ndim}, got shape {value.shape}"
                 )
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
