@@ -31,18 +31,16 @@ traced program, before XLA fuses anything. Run ``python benchmarks/primitives.py
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _report import write_json
 from jax._src.ad_checkpoint import saved_residuals  # no public API returns the data
 
 import funcgrad as fg
@@ -345,17 +343,7 @@ def main(argv=None):
     print(f"\nwall time {time.perf_counter() - t_start:.1f} s")
 
     if args.json:
-        doc = {
-            "benchmark": "benchmarks/primitives.py",
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-            "date": datetime.date.today().isoformat(),
-            "jax": jax.__version__, "optax": optax.__version__,
-            "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
-            "results": results,
-        }
-        with open(args.json, "w") as fh:
-            json.dump(doc, fh, indent=2)
-        print(f"wrote {args.json}")
+        write_json(args.json, "benchmarks/primitives.py", results, cpu_count=os.cpu_count())
     return 0
 
 

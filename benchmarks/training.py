@@ -53,18 +53,16 @@ the relevant environment variables are printed. Run ``python benchmarks/training
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _report import write_json
 
 import funcgrad as fg
 from funcgrad import nn, train
@@ -662,19 +660,10 @@ def main(argv=None):
     print(f"\nwall time {time.perf_counter() - t_start:.1f} s; load average at end: {la}")
 
     if args.json:
-        doc = {
-            "benchmark": "benchmarks/training.py",
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-            "date": datetime.date.today().isoformat(),
-            "jax": jax.__version__, "optax": optax.__version__,
-            "backend": jax.default_backend(), "cpu_cores": n_cores(), "env": env,
-            "results": results,
-            "table": [{k: v for k, v in r.items() if k != "text"} | {"verdict": verdict(r["ok"])}
-                      for r in rows],
-        }
-        with open(args.json, "w") as fh:
-            json.dump(doc, fh, indent=2)
-        print(f"wrote {args.json}")
+        table = [{k: v for k, v in r.items() if k != "text"} | {"verdict": verdict(r["ok"])}
+                 for r in rows]
+        write_json(args.json, "benchmarks/training.py", results, cpu_cores=n_cores(), env=env,
+                   table=table)
     return 0
 
 
