@@ -219,10 +219,8 @@ def _compare(check: str, actual: Sequence[Any], expected: Sequence[Any], argnums
     max_abs = 0.0
     max_rel = 0.0
     for pos, a, e in zip(argnums, actual, expected, strict=True):
-        a = np.asarray(jnp.asarray(a, jnp.float32) if jnp.asarray(a).dtype.itemsize < 4 else a,
-                       dtype=np.float64)
-        e = np.asarray(jnp.asarray(e, jnp.float32) if jnp.asarray(e).dtype.itemsize < 4 else e,
-                       dtype=np.float64)
+        a = np.asarray(a).astype(np.float64)  # bfloat16/float16 widen exactly
+        e = np.asarray(e).astype(np.float64)
         if a.shape != e.shape:
             raise AssertionError(
                 f"check_vjp [{check}]: cotangent of argument {argnames[pos]!r} has shape "
