@@ -54,7 +54,7 @@ def test_optimizer_reproduces_the_lesson_update():
                                           ({"learning_rate": 0.1, "momentum": 1.0}, "momentum")])
 def test_optimizer_rejects_bad_hyperparameters(kwargs, flag):
     lr = kwargs.pop("learning_rate")
-    with pytest.raises(ValueError, match=f"optimizer: {flag}"):
+    with pytest.raises(ValueError, match=f"optimizer: argument '{flag}'"):
         train.optimizer(lr, **kwargs)
 
 
@@ -190,7 +190,7 @@ def test_fit_rejects_bad_arguments():
     x, y = _data()
     params = nn.init_mlp(jax.random.PRNGKey(0), SIZES)
     tx = train.optimizer(0.1)
-    with pytest.raises(ValueError, match="fit: batch_size must be an int >= 1; got 0"):
+    with pytest.raises(ValueError, match="fit: argument 'batch_size' must be an int >= 1; got 0"):
         train.fit(params, (x, y), apply_fn=APPLY, tx=tx, batch_size=0)
     with pytest.raises(TypeError, match="integer dtype"):
         train.fit(params, (x, y.astype(np.float32)), apply_fn=APPLY, tx=tx)
@@ -279,3 +279,78 @@ def test_overflowing_gradient_norm_counts_as_nonfinite():
     assert np.isfinite(float(m["loss"]))
     assert not np.isfinite(float(m["grad_norm"])) and not bool(m["finite"])
     assert _leaves_equal(before, state.params) and int(state.skipped) == 1
+
+
+# ------------------------------------------------------------- clipped norm through optax
+def _clipped_metric(tx):
+    state = _state(tx)
+    _, m = train.make_train_step(LOSS, tx)(state, _batch(*_data()))
+    return float(m["grad_norm"]), float(m["clipped_grad_norm"])
+
+
+def test_users_own_clip_then_sgd_chain_reports_the_clipped_norm():
+    raw, clipped = _clipped_metric(optax.chain(optax.clip_by_global_norm(0.1),
+                                               optax.sgd(0.1)))
+    assert raw > 0.1
+    assert clipped == pytest.approx(0.1, rel=1e-4)
+
+
+def test_users_own_chain_with_momentum_and_no_clip_reports_the_raw_norm():
+    raw, clipped = _clipped_metric(optax.chain(optax.clip_by_global_norm(1e6),
+                                               optax.sgd(0.1, momentum=0.9)))
+    assert clipped == pytest.approx(raw, rel=1e-4)
+
+
+def test_unknowable_clipped_norm_is_nan_not_a_wrong_number():
+    # element-wise clipping then Adam: no global rescale to recover -> NaN, never a guess
+    _, clipped = _clipped_metric(optax.chain(optax.clip(1e-3), optax.adam(1e-3)))
+    assert np.isnan(clipped)
+    # ... unless the user measures it where it happens
+    tx = optax.chain(optax.clip_by_global_norm(0.1), train.measure_clipped_norm(),
+                     optax.adam(1e-3))
+    raw, clipped = _clipped_metric(tx)
+    assert raw > 0.1 and clipped == pytest.approx(0.1, rel=1e-4)
+
+
+# ------------------------------------------------------------------- fit options, loss_fn
+def test_fit_takes_a_loss_function_and_a_config():
+    calls = []
+
+    def loss_fn(params, batch):  # a regression-style loss on float targets, no accuracy
+        x, y, w = batch
+        calls.append(1)
+        pred = APPLY(params, x)[:, 0]
+        return jnp.sum(w * (pred - y) ** 2) / jnp.maximum(jnp.sum(w), 1.0), {}
+
+    x, _ = _data(n=22)
+    y = x[:, 0].astype(np.float32)
+    params = nn.init_mlp(jax.random.PRNGKey(0), SIZES)
+    r = train.fit(params, (x, y), loss_fn=loss_fn, tx=train.optimizer(0.05),
+                  config=train.FitConfig(batch_size=8, epochs=2, log_every=3))
+    assert calls and int(r.state.step) == 6
+    assert r.history[0]["train_loss"] > r.history[-1]["train_loss"]
+    with pytest.raises(TypeError, match="fit: unexpected keyword argument 'batchsize'"):
+        train.fit(params, (x, y), loss_fn=loss_fn, tx=train.optimizer(0.05), batchsize=3)
+
+
+class _SpyCheckpoints:
+    """Records the steps fit saves at (the cadence rule lives in fit)."""
+
+    def __init__(self, every):
+        self.every, self.saved = every, []
+
+    def latest_step(self):
+        return self.saved[-1] if self.saved else None
+
+    def save(self, step, state, force=False):
+        self.saved.append(step)
+
+
+@pytest.mark.parametrize("every,want", [(4, [5, 8, 9]), (2, [2, 5, 6, 8, 9]),
+                                        (7, [8, 9]), (100, [9])])
+def test_checkpoints_are_saved_when_a_multiple_is_crossed(every, want):
+    # 3 steps per epoch, K=2: dispatches end at 2, 3, 5, 6, 8, 9; with every=4 the old
+    # rule (save only when a boundary lands exactly on a multiple) skipped step 4
+    ck = _SpyCheckpoints(every)
+    _fit(steps_per_dispatch=2, checkpoints=ck)
+    assert ck.saved == want

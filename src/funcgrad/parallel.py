@@ -35,6 +35,7 @@ __all__ = [
     "global_batch_from_local",
     "initialize_distributed",
     "local_mesh",
+    "place_batch",
     "replicate",
     "replicated",
     "shard_batch",
@@ -250,6 +251,38 @@ def global_batch_from_local(local_batch: Any, mesh: Mesh, axis: int = 0) -> Any:
         return jax.make_array_from_process_local_data(sharding, host, tuple(global_shape))
 
     return jax.tree_util.tree_map_with_path(put, local_batch)
+
+
+def place_batch(batch: Any, mesh: Mesh, axis: int = 0) -> Any:
+    """Place a global batch that every process built identically, on one host or many.
+
+    With one process this is :func:`shard_batch`. With several, every process holds the
+    same global batch (built from the same key); each one keeps only its own contiguous
+    slice along ``axis`` (process ``p`` of ``P`` takes rows ``p B/P`` to ``(p+1) B/P``) and
+    :func:`global_batch_from_local` assembles the global array on its own devices.
+
+    Args:
+        batch: a pytree of host arrays, the whole global batch, batch on axis ``axis``.
+        mesh: the device mesh.
+        axis: the batch axis (``1`` for stacked ``(K, B, ...)`` batches).
+
+    Returns:
+        The pytree of ``jax.Array`` s sharded as ``batch_sharding(mesh, axis)``.
+
+    Raises:
+        ValueError: naming the leaf, if the batch does not split evenly.
+    """
+    nproc = jax.process_count()
+    if nproc == 1:
+        return shard_batch(batch, mesh, axis=axis)
+    rank = jax.process_index()
+
+    def mine(a: Any) -> np.ndarray:
+        a = np.asarray(a)
+        size = a.shape[axis] // nproc
+        return np.take(a, np.arange(rank * size, (rank + 1) * size), axis=axis)
+
+    return global_batch_from_local(jax.tree.map(mine, batch), mesh, axis)
 
 
 def describe_devices(mesh: Mesh | None = None) -> list[str]:

@@ -1,0 +1,42 @@
+"""Jit-compiled training: the lesson's update ``w_new = w - learning_rate * gradient``.
+
+* :func:`optimizer` — ``optax.chain`` of ``clip_by_global_norm`` and/or ``clip``, then
+  ``sgd``, with injected hyperparameters (changing the learning rate never recompiles).
+* :class:`TrainState` — params, optimizer state, step, PRNG key, count of skipped steps.
+* :func:`make_train_step` — a pure ``(state, batch) -> (state, metrics)``, jitted with the
+  state donated; metrics stay on the device. Non-finite steps are skipped: params and
+  optimizer state come back bitwise unchanged and ``skipped`` counts them.
+* :func:`make_fused_steps` — K steps in one dispatch through ``lax.scan``.
+* :func:`fit` — deterministic shuffling, a padded last batch (no retrace), evaluation,
+  metrics fetched every ``log_every`` steps, checkpoints, data parallelism.
+"""
+
+from ._loop import FitConfig, FitHooks, FitResult, fit
+from ._optimizer import CLIPPED_NORM, clipped_grad_norm, measure_clipped_norm, optimizer
+from ._step import (
+    TrainState,
+    classification_loss,
+    init_state,
+    layer_norms,
+    make_eval,
+    make_fused_steps,
+    make_train_step,
+)
+
+__all__ = [
+    "CLIPPED_NORM",
+    "FitConfig",
+    "FitHooks",
+    "FitResult",
+    "TrainState",
+    "classification_loss",
+    "clipped_grad_norm",
+    "fit",
+    "init_state",
+    "layer_norms",
+    "make_eval",
+    "make_fused_steps",
+    "make_train_step",
+    "measure_clipped_norm",
+    "optimizer",
+]

@@ -1,0 +1,346 @@
+"""The fit loop: shuffling, padded batches, fused dispatches, logging, eval, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._step import (
+    TrainState,
+    classification_loss,
+    init_state,
+    make_eval,
+    make_fused_steps,
+    make_train_step,
+)
+
+__all__ = ["FitConfig", "FitHooks", "FitResult", "fit"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """The numbers of a :func:`fit` run (each may also be passed to ``fit`` by keyword).
+
+    Attributes:
+        batch_size: examples per step.
+        epochs: passes over the data.
+        seed: seed of the shuffling key.
+        steps_per_dispatch: K, the steps fused per dispatch with ``lax.scan``.
+        log_every: fetch metrics to the host every this many steps.
+        eval_every_epochs: evaluation interval in epochs.
+
+    Raises:
+        ValueError: naming the field, if one is not an int >= 1 (``seed``: not an int).
+    """
+
+    batch_size: int = 64
+    epochs: int = 10
+    seed: int = 0
+    steps_per_dispatch: int = 1
+    log_every: int = 50
+    eval_every_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            bad = not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+            if f.name != "seed" and (bad or value < 1):
+                raise ValueError(f"fit: argument '{f.name}' must be an int >= 1; "
+                                 f"got {value!r}")
+            if f.name == "seed" and bad:
+                raise ValueError(f"fit: argument 'seed' must be an int; got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitHooks:
+    """What :func:`fit` calls besides the step (each may also be passed by keyword).
+
+    Attributes:
+        progress: ``progress(step, total_steps, record_or_None)``, called after every
+            dispatch (a progress bar lives here; the CLI supplies one).
+        on_log: called with every logged record.
+        wrap_step: decorator for the step functions before jit (tests use
+            ``chex.assert_max_traces``).
+        flow: a :class:`funcgrad.flow.History`: its ``measure`` runs inside every step,
+            the results stay on the device in it and are fetched when ``fit`` logs.
+    """
+
+    progress: Callable[[int, int, dict[str, Any] | None], None] | None = None
+    on_log: Callable[[dict[str, Any]], None] | None = None
+    wrap_step: Callable[[Callable], Callable] | None = None
+    flow: Any = None
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        state: the final :class:`TrainState`.
+        history: one host-side record per logged step (means over the interval).
+        evals: one record per evaluation (``epoch``, ``step``, ``test_loss``,
+            ``test_accuracy``).
+        wall_seconds: wall time of the loop, compilation included.
+        resumed_from: the checkpoint step the run resumed from, or ``None``.
+    """
+
+    state: TrainState
+    history: list[dict[str, Any]]
+    evals: list[dict[str, Any]]
+    wall_seconds: float
+    resumed_from: int | None = None
+
+
+def _split_options(config: FitConfig | None, hooks: FitHooks | None,
+                   options: dict[str, Any]) -> tuple[FitConfig, FitHooks]:
+    names = {"config": {f.name for f in dataclasses.fields(FitConfig)},
+             "hooks": {f.name for f in dataclasses.fields(FitHooks)}}
+    unknown = sorted(set(options) - names["config"] - names["hooks"])
+    if unknown:
+        raise TypeError(f"fit: unexpected keyword argument {unknown[0]!r}; expected one of "
+                        f"{sorted(names['config'] | names['hooks'])}")
+    config = dataclasses.replace(config or FitConfig(),
+                                 **{k: v for k, v in options.items() if k in names["config"]})
+    hooks = dataclasses.replace(hooks or FitHooks(),
+                                **{k: v for k, v in options.items() if k in names["hooks"]})
+    return config, hooks
+
+
+def _arrays(data: tuple[Any, Any], labels: bool, what: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(data[0], np.float32), np.asarray(data[1])
+    if len(x) == 0 or len(y) != len(x):
+        raise ValueError(f"fit: argument '{what}' must hold non-empty x and y of equal "
+                         f"length; got "
+                         f"x.shape={x.shape}, y.shape={y.shape}")
+    if labels and not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"fit: argument '{what}' labels y must have an integer dtype "
+                        f"(class indices); got {y.dtype}")
+    if labels and y.min() < 0:
+        raise ValueError(f"fit: argument '{what}' labels y must be class indices >= 0; "
+                         f"got {int(y.min())}")
+    return x, y.astype(np.int32 if np.issubdtype(y.dtype, np.integer) else np.float32)
+
+
+def _epoch_batches(key: np.ndarray, epoch: int, n: int, batch_size: int) -> np.ndarray:
+    """Index matrix ``(steps, batch_size)`` of one epoch; the last row wraps around."""
+    perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), n))
+    steps = math.ceil(n / batch_size)
+    return np.resize(perm, steps * batch_size).reshape(steps, batch_size)  # cyclic padding
+
+
+def _host_record(pending: list[dict[str, Any]]) -> dict[str, Any]:
+    fetched = jax.device_get(pending)
+    rows: list[dict[str, np.ndarray]] = []
+    for m in fetched:  # single steps have scalar metrics, fused ones a leading K axis
+        if np.ndim(m["loss"]) == 0:
+            rows.append(m)
+        else:
+            rows += [{k: v[i] for k, v in m.items()} for i in range(len(m["loss"]))]
+    last = rows[-1]
+    finite = [bool(r["finite"]) for r in rows]
+    good = [r for r in rows if bool(r["finite"])] or rows
+    return {
+        "train_loss": float(np.mean([r["loss"] for r in good])),
+        "train_accuracy": float(np.mean([r["accuracy"] for r in good])),
+        "grad_norm": float(last["grad_norm"]),
+        "clipped_grad_norm": float(last["clipped_grad_norm"]),
+        "update_norm": float(last["update_norm"]),
+        "layer_grad_norms": [float(v) for v in np.asarray(last["layer_grad_norms"])],
+        "nonfinite_steps": int(len(finite) - sum(finite)),
+        "steps_in_interval": len(rows),
+    }
+
+
+class _Run:
+    """The mutable part of one :func:`fit` call: state, counters, logs."""
+
+    def __init__(self, state: TrainState, data: tuple[np.ndarray, np.ndarray],
+                 cfg: FitConfig, hooks: FitHooks, mesh: Any) -> None:
+        self.state, (self.x, self.y), self.cfg, self.hooks = state, data, cfg, hooks
+        self.put_batch: Callable[[Any, int], Any] = lambda b, axis: b
+        if mesh is not None:
+            from .. import parallel
+
+            self.put_batch = lambda b, axis: parallel.place_batch(b, mesh, axis)
+        self.mesh = mesh
+        self.n = len(self.x)
+        self.steps_per_epoch = math.ceil(self.n / cfg.batch_size)
+        self.total = cfg.epochs * self.steps_per_epoch
+        self.step = self.last_logged = int(jax.device_get(state.step))
+        self.key = np.asarray(jax.device_get(state.key))  # the state is donated each step
+        self.history: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []
+        self.pending: list[dict[str, Any]] = []
+        self._order: tuple[int, np.ndarray] | None = None
+        self.t0 = time.perf_counter()
+
+    def next_batch(self, fused: bool) -> tuple[int, Any]:
+        """The next dispatch's size and placed batch (stacked on axis 0 when fused)."""
+        epoch, pos = divmod(self.step, self.steps_per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, _epoch_batches(self.key, epoch, self.n, self.cfg.batch_size))
+        k_max = self.cfg.steps_per_dispatch
+        k = k_max if fused and pos % k_max == 0 and pos + k_max <= self.steps_per_epoch else 1
+        rows = self._order[1][pos:pos + k]
+        weights = np.ones(rows.shape, np.float32)
+        tail = self.steps_per_epoch * self.cfg.batch_size - self.n
+        if pos + k == self.steps_per_epoch and tail:  # the padded tail has weight 0
+            weights[-1, self.cfg.batch_size - tail:] = 0.0
+        if k == 1:
+            return 1, self.put_batch((self.x[rows[0]], self.y[rows[0]], weights[0]), 0)
+        return k, self.put_batch((self.x[rows], self.y[rows], weights), 1)
+
+    def flush(self) -> dict[str, Any] | None:
+        if not self.pending:
+            return None
+        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                  **_host_record(self.pending), "wall_seconds": time.perf_counter() - self.t0}
+        self.pending, self.last_logged = [], self.step
+        if self.hooks.flow is not None:
+            self.hooks.flow.fetch()
+        self.history.append(record)
+        if self.hooks.on_log is not None:
+            self.hooks.on_log(record)
+        return record
+
+    def evaluate(self, eval_fn: Callable, data: tuple[np.ndarray, np.ndarray] | None,
+                 epoch: int) -> None:
+        if data is None:
+            return
+        ex, ey = data
+        chunk = max(self.cfg.batch_size, min(4096, len(ex)))
+        if self.mesh is not None:
+            chunk = math.ceil(chunk / self.cfg.batch_size) * self.cfg.batch_size
+        steps = math.ceil(len(ex) / chunk)
+        idx = np.arange(steps * chunk) % len(ex)
+        weights = (np.arange(steps * chunk) < len(ex)).astype(np.float32)
+        totals = [eval_fn(self.state.params, self.put_batch(
+            (ex[idx[sl]], ey[idx[sl]], weights[sl]), 0))
+            for sl in (slice(s * chunk, (s + 1) * chunk) for s in range(steps))]
+        loss, correct, count = (float(sum(np.asarray(t[i]) for t in totals)) for i in range(3))
+        self.evals.append({"epoch": epoch, "step": self.step, "test_loss": loss / count,
+                           "test_accuracy": correct / count})
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of ``every`` lies in ``(before, after]``."""
+    return after // every > before // every
+
+
+def _restore(state: TrainState, checkpoints: Any, resume: bool) -> tuple[TrainState, int | None]:
+    if not resume:
+        return state, None
+    if checkpoints is None:
+        raise ValueError("fit: argument 'resume' is True but 'checkpoints' is None; pass a "
+                         "CheckpointManager")
+    if checkpoints.latest_step() is None:
+        return state, None
+    return checkpoints.restore(state)
+
+
+def fit(
+    params: Any,
+    train: tuple[np.ndarray, np.ndarray],
+    *,
+    tx: Any,
+    apply_fn: Callable[[Any, jax.Array], jax.Array] | None = None,
+    loss_fn: Callable | None = None,
+    eval_data: tuple[np.ndarray, np.ndarray] | None = None,
+    checkpoints: Any = None,
+    resume: bool = False,
+    mesh: Any = None,
+    config: FitConfig | None = None,
+    hooks: FitHooks | None = None,
+    **options: Any,
+) -> FitResult:
+    """Train on ``train`` with minibatch steps of ``tx`` and return the final state.
+
+    Epoch ``e`` visits the examples in the order ``permutation(fold_in(key, e))``, so a run
+    is reproducible from its seed, and a resumed run continues bitwise where the
+    checkpoint left off (on CPU). A last, partial batch is padded with wrapped-around
+    examples of weight 0, so every step has the same shape and nothing retraces.
+    ``steps_per_dispatch = K > 1`` runs K steps per dispatch with ``lax.scan``; the
+    remainder of an epoch runs as single steps (one more compiled program). A checkpoint
+    is saved whenever a dispatch crosses a multiple of ``checkpoints.every``, and at the
+    end.
+
+    Args:
+        params: initial parameters (ignored when resuming from a checkpoint).
+        train: ``(x, y)`` NumPy arrays; ``y`` integer class labels for the default loss.
+        tx: an optax transformation, e.g. from :func:`funcgrad.train.optimizer`.
+        apply_fn: ``apply_fn(params, x) -> logits``, for the default loss.
+        loss_fn: ``loss_fn(params, (x, y, w)) -> (loss, aux)``; default
+            ``classification_loss(apply_fn)``. Examples of weight ``w = 0`` are padding.
+        eval_data: optional held-out ``(x, y)``, evaluated every ``eval_every_epochs``
+            and at the end.
+        checkpoints: a :class:`funcgrad.checkpoint.CheckpointManager`, or ``None``.
+        resume: restore the newest good checkpoint from ``checkpoints`` first.
+        mesh: a ``jax.sharding.Mesh`` for data parallelism (batch sharded on axis 0,
+            state replicated; :func:`funcgrad.parallel.place_batch`), or ``None``.
+        config: a :class:`FitConfig` (batch size, epochs, seed, ...).
+        hooks: a :class:`FitHooks` (progress, on_log, wrap_step, flow).
+        **options: any field of :class:`FitConfig` or :class:`FitHooks` by name, e.g.
+            ``batch_size=32, epochs=3, progress=bar``; overrides ``config``/``hooks``.
+
+    Returns:
+        A :class:`FitResult`.
+
+    Raises:
+        ValueError: naming the argument, for a bad option or data.
+        TypeError: for an unknown keyword, or non-integer labels with the default loss.
+    """
+    cfg, hooks = _split_options(config, hooks, options)
+    if loss_fn is None and apply_fn is None:
+        raise TypeError("fit: argument 'apply_fn' (for the default classification loss) or "
+                        "'loss_fn' is required; got neither")
+    data = _arrays(train, loss_fn is None, "train")
+    held_out = None if eval_data is None else _arrays(eval_data, loss_fn is None, "eval_data")
+    loss_fn = classification_loss(apply_fn) if loss_fn is None else loss_fn
+    put_state: Callable[[Any], Any] = lambda t: t
+    if mesh is not None:
+        from .. import parallel
+
+        parallel.check_batch_size(cfg.batch_size, mesh)
+        put_state = lambda t: parallel.replicate(t, mesh)
+    stats_fn = None if hooks.flow is None else hooks.flow.measure
+    step_fn = make_train_step(loss_fn, tx, wrap=hooks.wrap_step, stats_fn=stats_fn)
+    fused_fn = (make_fused_steps(loss_fn, tx, wrap=hooks.wrap_step, stats_fn=stats_fn)
+                if cfg.steps_per_dispatch > 1 else None)
+    eval_fn = make_eval(loss_fn)
+    state, resumed_from = _restore(init_state(params, tx, cfg.seed), checkpoints, resume)
+    # the step donates its state: never donate buffers the caller still holds
+    state = put_state(jax.tree.map(lambda a: jnp.array(a, copy=True), state))
+    run = _Run(state, data, cfg, hooks, mesh)
+    while run.step < run.total:
+        k, batch = run.next_batch(fused_fn is not None)
+        run.state, metrics = (step_fn if k == 1 else fused_fn)(run.state, batch)
+        if hooks.flow is not None:  # stays on the device until the next fetch
+            hooks.flow.append(metrics.pop("flow"),
+                              run.step if k == 1 else range(run.step, run.step + k))
+        run.pending.append(metrics)
+        before, run.step = run.step, run.step + k
+        record = None
+        if run.step - run.last_logged >= cfg.log_every or run.step == run.total:
+            record = run.flush()
+        if checkpoints is not None and _crossed(before, run.step, checkpoints.every):
+            checkpoints.save(run.step, run.state)
+        done_epoch, pos = divmod(run.step, run.steps_per_epoch)
+        if pos == 0 and (done_epoch % cfg.eval_every_epochs == 0 or run.step == run.total):
+            run.evaluate(eval_fn, held_out, done_epoch)
+        if hooks.progress is not None:
+            hooks.progress(run.step, run.total, record)
+    run.flush()
+    if held_out is not None and (not run.evals or run.evals[-1]["step"] != run.step):
+        run.evaluate(eval_fn, held_out, run.step // run.steps_per_epoch)
+    if checkpoints is not None and run.step > 0 and checkpoints.latest_step() != run.step:
+        checkpoints.save(run.step, run.state, force=True)
+    jax.block_until_ready(run.state)
+    return FitResult(run.state, run.history, run.evals, time.perf_counter() - run.t0,
+                     resumed_from)

@@ -1,0 +1,238 @@
+"""The train step: a pure ``(state, batch) -> (state, metrics)``, single or scan-fused."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .. import primitives as P
+from ._optimizer import clipped_grad_norm
+
+__all__ = [
+    "Batch",
+    "TrainState",
+    "classification_loss",
+    "init_state",
+    "layer_norms",
+    "make_eval",
+    "make_fused_steps",
+    "make_train_step",
+]
+
+Batch = tuple[jax.Array, jax.Array, jax.Array]  # inputs, targets, example weights
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    """Everything a training run carries from step to step (a pytree).
+
+    Attributes:
+        params: model parameters.
+        opt_state: optax state (``inject_hyperparams``: hyperparameters are leaves).
+        step: number of steps taken (int32 scalar), skipped ones included.
+        key: raw ``uint32[2]`` PRNG key; epoch ``e`` is shuffled with ``fold_in(key, e)``.
+        skipped: number of steps skipped because their gradients were not finite.
+    """
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    key: jax.Array
+    skipped: jax.Array
+
+
+def init_state(params: Any, tx: Any, seed: int = 0) -> TrainState:
+    """Build the initial :class:`TrainState`.
+
+    Args:
+        params: model parameters.
+        tx: an optax transformation, e.g. from :func:`funcgrad.train.optimizer`.
+        seed: seed of the shuffling key.
+
+    Returns:
+        The state at step 0.
+    """
+    return TrainState(params=params, opt_state=tx.init(params),
+                      step=jnp.zeros((), jnp.int32), key=jax.random.PRNGKey(seed),
+                      skipped=jnp.zeros((), jnp.int32))
+
+
+def classification_loss(apply_fn: Callable[[Any, jax.Array], jax.Array]) -> Callable:
+    """Weighted mean softmax cross-entropy of ``apply_fn`` built from funcgrad primitives.
+
+    Args:
+        apply_fn: ``apply_fn(params, x) -> logits``.
+
+    Returns:
+        ``loss_fn(params, (x, y, w)) -> (loss, {"correct", "count"})``; examples with
+        weight 0 (the padding of a partial batch) do not count.
+    """
+    def loss_fn(params: Any, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        x, y, w = batch
+        logits = apply_fn(params, x)
+        per_example = P.softmax_cross_entropy(logits, y)
+        count = jnp.sum(w)
+        loss = P.div(P.sum(P.mul(per_example, w)), jnp.maximum(count, 1.0))
+        correct = jnp.sum(jnp.where(jnp.argmax(logits, axis=-1) == y, w, 0.0))
+        return loss, {"correct": correct, "count": count}
+    return loss_fn
+
+
+def _layers(tree: Any) -> list[Any]:
+    if isinstance(tree, (list, tuple)):
+        return list(tree)
+    if isinstance(tree, dict):
+        return [tree[k] for k in sorted(tree)]
+    return [tree]
+
+
+def _layer_squares(tree: Any) -> jax.Array:
+    """Sum of squares of each layer's leaves: the one reduction every norm is built from."""
+    return jnp.stack([sum((jnp.sum(jnp.square(x)) for x in jax.tree.leaves(part)),
+                          start=jnp.zeros((), jnp.float32)) for part in _layers(tree)])
+
+
+def layer_norms(tree: Any) -> jax.Array:
+    """L2 norm of each layer of a parameter-shaped pytree.
+
+    A list or tuple gives one norm per element; a dict one per key (sorted); anything
+    else a single norm.
+
+    Args:
+        tree: gradients, parameters or updates.
+
+    Returns:
+        A 1-D array of norms.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> layer_norms([{"w": jnp.array([3.0, 4.0])}, {"w": jnp.ones(4)}]).tolist()
+        [5.0, 2.0]
+    """
+    return jnp.sqrt(_layer_squares(tree))
+
+
+def _accuracy(aux: Any) -> jax.Array:
+    if isinstance(aux, dict) and "correct" in aux and "count" in aux:
+        return aux["correct"] / jnp.maximum(aux["count"], 1.0)
+    return jnp.asarray(jnp.nan, jnp.float32)  # a loss without the classification aux
+
+
+def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None) -> Callable:
+    import optax
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        updates, new_opt = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        # every gradient statistic comes from one sum of squares per layer
+        layer_sq = _layer_squares(grads)
+        grad_norm = jnp.sqrt(jnp.sum(layer_sq))
+        # a nan or inf anywhere makes the sum non-finite (so does a norm beyond float32's
+        # range, which no optimizer step could use either)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jnp.where(finite, new, old)  # bitwise old on a bad step
+        metrics = {
+            "loss": loss,
+            "accuracy": _accuracy(aux),
+            "grad_norm": grad_norm,
+            "clipped_grad_norm": clipped_grad_norm(tx, grads, state.opt_state, new_opt,
+                                                   state.params, grad_norm),
+            "layer_grad_norms": jnp.sqrt(layer_sq),
+            "update_norm": jnp.where(finite, jnp.sqrt(jnp.sum(_layer_squares(updates))), 0.0),
+            "finite": finite,
+        }
+        if stats_fn is not None:  # e.g. funcgrad.flow.History.measure
+            metrics["flow"] = stats_fn(state.params, grads, updates, batch)
+        new_state = TrainState(
+            params=jax.tree.map(keep, new_params, state.params),
+            opt_state=jax.tree.map(keep, new_opt, state.opt_state),
+            step=state.step + 1,
+            key=state.key,
+            skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32),
+        )
+        return new_state, metrics
+
+    return step
+
+
+def make_train_step(loss_fn: Callable, tx: Any, *, jit: bool = True,
+                    wrap: Callable[[Callable], Callable] | None = None,
+                    stats_fn: Callable | None = None) -> Callable:
+    """One training step ``(state, batch) -> (state, metrics)``, jitted, state donated.
+
+    Metrics (device arrays): ``loss``, ``accuracy`` (NaN when the loss's aux has no
+    ``correct``/``count``), ``grad_norm`` and ``clipped_grad_norm`` (global norm before and
+    after clipping; see :func:`funcgrad.train.clipped_grad_norm` for any optax chain),
+    ``layer_grad_norms``, ``update_norm`` and ``finite``. If the loss or any gradient is
+    not finite, params and optimizer state are returned bitwise unchanged and
+    ``state.skipped`` grows by one.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch) -> (loss, aux)``; aux ``{"correct", "count"}``
+            gives the accuracy.
+        tx: the optax transformation.
+        jit: compile with ``jax.jit(..., donate_argnums=0)``.
+        wrap: optional decorator applied before jit (e.g. ``chex.assert_max_traces``).
+        stats_fn: optional ``stats_fn(params, grads, updates, batch) -> dict`` computed
+            inside the step (e.g. :meth:`funcgrad.flow.History.measure`); its result is
+            ``metrics["flow"]``.
+
+    Returns:
+        The step function.
+    """
+    step = _step_body(loss_fn, tx, stats_fn)
+    if wrap is not None:
+        step = wrap(step)
+    return jax.jit(step, donate_argnums=0) if jit else step
+
+
+def make_fused_steps(loss_fn: Callable, tx: Any, *, jit: bool = True,
+                     wrap: Callable[[Callable], Callable] | None = None,
+                     stats_fn: Callable | None = None) -> Callable:
+    """K training steps in one dispatch: ``(state, batches) -> (state, stacked metrics)``.
+
+    ``batches`` has a leading axis of length K; ``lax.scan`` runs the same step as
+    :func:`make_train_step` over it, so small models pay one dispatch per K steps.
+
+    Args:
+        loss_fn: as in :func:`make_train_step`.
+        tx: the optax transformation.
+        jit: compile with the state donated.
+        wrap: optional decorator applied before jit.
+        stats_fn: as in :func:`make_train_step`.
+
+    Returns:
+        The fused function; its metrics have a leading axis of length K.
+    """
+    body = _step_body(loss_fn, tx, stats_fn)
+
+    def fused(state: TrainState, batches: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        return jax.lax.scan(body, state, batches)
+
+    if wrap is not None:
+        fused = wrap(fused)
+    return jax.jit(fused, donate_argnums=0) if jit else fused
+
+
+def make_eval(loss_fn: Callable) -> Callable:
+    """Jitted ``(params, batch) -> (weighted loss sum, correct, count)``.
+
+    Args:
+        loss_fn: as in :func:`make_train_step`.
+
+    Returns:
+        The evaluation function.
+    """
+    def evaluate(params: Any, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+        loss, aux = loss_fn(params, batch)
+        count = aux.get("count", jnp.sum(batch[2])) if isinstance(aux, dict) \
+            else jnp.sum(batch[2])
+        correct = aux.get("correct", jnp.nan) if isinstance(aux, dict) else jnp.nan
+        return loss * count, jnp.asarray(correct, jnp.float32), count
+    return jax.jit(evaluate)
