@@ -24,6 +24,8 @@ optax = pytest.importorskip("optax")
 
 from funcgrad import checkpoint as ckpt  # noqa: E402
 from funcgrad.checkpoint import CheckpointManager, CheckpointWarning  # noqa: E402
+from funcgrad.checkpoint import directory as ckdir  # noqa: E402
+from funcgrad.checkpoint import integrity  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -88,8 +90,10 @@ def data_file(step_dir: Path) -> Path:
 
 
 def listing(directory: Path) -> list[str]:
-    """Entries of a checkpoint root, minus orbax's own root-level ``_*`` metadata files."""
-    return sorted(n for n in os.listdir(directory) if not n.startswith("_"))
+    """Entries of a checkpoint root, minus orbax's ``_*`` metadata files and the lock file."""
+    return sorted(
+        n for n in os.listdir(directory) if not n.startswith("_") and n != ckdir.LOCK_NAME
+    )
 
 
 def save_steps(directory: Path, steps, keep: int = 3) -> dict[int, TinyTrainState]:
@@ -145,8 +149,11 @@ def test_integrity_record_is_json_and_no_pickle_is_used(tmp_path, monkeypatch):
     record = json.loads((tmp_path / "100" / ckpt.RECORD_NAME).read_text())
     assert record["step"] == 100
     assert len(record["leaves"]) == len(jax.tree.leaves(state))
-    source = Path(ckpt.__file__).read_text()
-    assert not re.search(r"^\s*(import|from)\s+(c?pickle|dill|cloudpickle)\b", source, re.M)
+    for module in Path(ckpt.__file__).parent.glob("*.py"):
+        source = module.read_text()
+        assert not re.search(
+            r"^\s*(import|from)\s+(c?pickle|dill|cloudpickle)\b", source, re.M
+        ), module.name
 
 
 def test_template_mismatch_is_a_value_error_not_corruption(tmp_path):
@@ -246,10 +253,10 @@ def _resign(step_dir: Path, edit) -> None:
     record.pop("record_sha256")
     edit(record)
     record["files"] = {
-        rel: {"size": p.stat().st_size, "sha256": ckpt._file_sha256(p)}
-        for rel, p in ckpt._data_files(step_dir)
+        rel: {"size": p.stat().st_size, "sha256": integrity.file_sha256(p)}
+        for rel, p in integrity.data_files(step_dir)
     }
-    record["record_sha256"] = hashlib.sha256(ckpt._canonical(record)).hexdigest()
+    record["record_sha256"] = hashlib.sha256(integrity.canonical(record)).hexdigest()
     path.write_text(json.dumps(record))
 
 
@@ -296,7 +303,11 @@ def test_partial_checkpoints_are_ignored_with_a_warning(tmp_path):
         with pytest.warns(CheckpointWarning, match="replacing unusable checkpoint for step 30"):
             assert mngr.save(30, make_state(30))
         assert mngr.all_steps() == [10, 30]
-    assert listing(tmp_path) == ["10", "30"]
+    # the unverifiable old step 30 was moved aside, not deleted
+    assert listing(tmp_path) == [ckdir.UNVERIFIED_DIR, "10", "30"]
+    (aside,) = (tmp_path / ckdir.UNVERIFIED_DIR).iterdir()
+    assert aside.name.startswith("30-")
+    assert (aside / "junk").read_bytes() == b"\x01" * 16
 
 
 def test_no_usable_checkpoint_raises(tmp_path):
