@@ -23,7 +23,6 @@ __all__ = [
     "normal",
     "init_mlp",
     "mlp",
-    "num_layers",
 ]
 
 Params = list[dict[str, jax.Array]]
@@ -140,15 +139,18 @@ def init_mlp(
     """
     sizes = _validate_sizes(sizes)
     if activation not in ACTIVATIONS:
-        raise ValueError(f"init_mlp: unknown activation {activation!r}; expected one of "
-                         f"{sorted(ACTIVATIONS)}")
+        raise ValueError(f"init_mlp: argument 'activation' must be one of "
+                         f"{sorted(ACTIVATIONS)}; got {activation!r}")
     if isinstance(init, str):
         if init not in INITIALIZERS:
-            raise ValueError(f"init_mlp: unknown init {init!r}; expected one of "
-                             f"{sorted(INITIALIZERS)} or a callable")
+            raise ValueError(f"init_mlp: argument 'init' must be one of "
+                             f"{sorted(INITIALIZERS)} or a callable; got {init!r}")
         init_fn = INITIALIZERS[init](scale)
-    else:
+    elif callable(init):
         init_fn = init
+    else:
+        raise TypeError(f"init_mlp: argument 'init' must be one of {sorted(INITIALIZERS)} "
+                        f"or a callable; got {init!r}")
     keys = jax.random.split(key, len(sizes) - 1)
     params: Params = []
     for i, (k, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=True)):
@@ -158,18 +160,6 @@ def init_mlp(
             layer["beta"] = jnp.zeros((fan_out,), dtype)
         params.append(layer)
     return params
-
-
-def num_layers(params: Params) -> int:
-    """Number of dense layers in an MLP's parameters.
-
-    Args:
-        params: parameters from :func:`init_mlp`.
-
-    Returns:
-        The number of layers.
-    """
-    return len(params)
 
 
 def mlp(params: Params, x: Any, *, activation: str = "relu", residual: bool = False,
@@ -199,8 +189,8 @@ def mlp(params: Params, x: Any, *, activation: str = "relu", residual: bool = Fa
         (2, 3)
     """
     if activation not in ACTIVATIONS:
-        raise ValueError(f"mlp: unknown activation {activation!r}; expected one of "
-                         f"{sorted(ACTIVATIONS)}")
+        raise ValueError(f"mlp: argument 'activation' must be one of "
+                         f"{sorted(ACTIVATIONS)}; got {activation!r}")
     act = ACTIVATIONS[activation]
     h = x
     last = len(params) - 1
