@@ -1,0 +1,227 @@
+"""Tracing for :func:`funcgrad.explain`: two visitors on the one jaxpr walker.
+
+1. :class:`Recorder` walks the jaxpr with integer ids as values and records the program:
+   one :class:`Step` per equation (nested ``jit`` calls inlined by the walker), and the
+   constants and literals it meets. Each step knows whether it is a funcgrad primitive
+   (by its ``funcgrad.<name>`` scope, through the walker) and its local derivative's
+   formula (from the registry for primitives, :mod:`.formulas` otherwise).
+2. :func:`evaluate` walks again with real values, inside ``jax.value_and_grad``: a zero
+   "probe" is added to every displayed value, so the gradient with respect to the probes
+   is ``dL/dnode`` for every node at once, through the primitives' own backward rules.
+
+Dtype casts that a primitive's public function emits before its ``custom_vjp`` call are
+*hidden*: a ``convert_element_type`` whose every consumer is a funcgrad primitive (or
+another hidden cast) is folded into that primitive's node, as is any identity cast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import _jaxpr
+from .formulas import JAX_FORMULAS, formula
+
+__all__ = ["Program", "Recorder", "Step", "evaluate", "is_float", "record"]
+
+
+@dataclasses.dataclass
+class Step:
+    """One recorded equation over value ids.
+
+    Attributes:
+        eqn: the walker's equation.
+        ins: input value ids.
+        outs: output value ids.
+        op: the node's op name.
+        formula: the local derivative.
+        primitive: whether it is a funcgrad primitive.
+        hidden: folded into the node it feeds (a primitive's input cast).
+    """
+
+    eqn: _jaxpr.Equation
+    ins: list[int]
+    outs: list[int]
+    op: str
+    formula: str
+    primitive: bool
+    hidden: bool = False
+
+    @property
+    def scope(self) -> str:
+        """The step's named-scope path."""
+        return self.eqn.scope
+
+
+@dataclasses.dataclass
+class Program:
+    """The recorded equations of a traced function, over integer value ids.
+
+    Attributes:
+        steps: the equations, in execution order.
+        avals: id -> abstract value (shape, dtype).
+        consts: id -> value, for constants and literals.
+        const_ids: the constant ids in the order the walker met them.
+        literal: the ids that are literals.
+        producer: id -> index of the step that computes it.
+        in_ids: the function's input ids.
+        out_id: the output's id.
+    """
+
+    steps: list[Step] = dataclasses.field(default_factory=list)
+    avals: dict[int, Any] = dataclasses.field(default_factory=dict)
+    consts: dict[int, Any] = dataclasses.field(default_factory=dict)
+    const_ids: list[int] = dataclasses.field(default_factory=list)
+    literal: set[int] = dataclasses.field(default_factory=set)
+    producer: dict[int, int] = dataclasses.field(default_factory=dict)
+    in_ids: list[int] = dataclasses.field(default_factory=list)
+    out_id: int = -1
+
+    def new_id(self, aval: Any) -> int:
+        """A fresh id for a value with abstract value ``aval``."""
+        i = len(self.avals)
+        self.avals[i] = aval
+        return i
+
+
+def _formula(eqn: _jaxpr.Equation) -> tuple[str, str, bool]:
+    """(op, local derivative, is a funcgrad primitive) for one equation."""
+    if eqn.funcgrad is not None:
+        from ..registry import PRIMITIVES
+
+        prim = PRIMITIVES.get(eqn.funcgrad)
+        if prim is not None:
+            return eqn.funcgrad, prim.formula, True
+        return eqn.funcgrad, f"custom VJP rule {eqn.bwd_name}".rstrip(), True
+    if eqn.custom_vjp:
+        return eqn.name, f"custom VJP rule {eqn.bwd_name}".rstrip(), False
+    if eqn.primitive in _jaxpr.CUSTOM_JVP_PRIMITIVES:
+        return eqn.name, JAX_FORMULAS["custom_jvp_call"], False
+    return eqn.name, formula(eqn.name), False
+
+
+class Recorder(_jaxpr.Visitor):
+    """Walks with integer ids as values and records a :class:`Program`."""
+
+    def __init__(self) -> None:
+        self.prog = Program()
+
+    def const(self, value: Any, literal: bool) -> int:
+        arr = jnp.asarray(value)
+        i = self.prog.new_id(jax.ShapeDtypeStruct(arr.shape, arr.dtype))
+        self.prog.consts[i] = arr
+        self.prog.const_ids.append(i)
+        if literal:
+            self.prog.literal.add(i)
+        return i
+
+    def equation(self, eqn: _jaxpr.Equation, invals: list[Any]) -> list[int]:
+        outs = [self.prog.new_id(a) for a in eqn.out_avals]
+        k = len(self.prog.steps)
+        for o in outs:
+            self.prog.producer[o] = k
+        op, text, primitive = _formula(eqn)
+        self.prog.steps.append(Step(eqn, list(invals), outs, op, text, primitive))
+        return outs
+
+
+def _hide_casts(prog: Program) -> None:
+    """Mark identity casts, and casts that feed only funcgrad primitives, as hidden."""
+    consumers: dict[int, list[Step]] = {}
+    for s in prog.steps:
+        for i in s.ins:
+            consumers.setdefault(i, []).append(s)
+    for s in reversed(prog.steps):
+        if s.eqn.primitive != "convert_element_type" or len(s.ins) != 1:
+            continue
+        same = np.dtype(s.eqn.in_avals[0].dtype) == np.dtype(s.eqn.out_avals[0].dtype)
+        users = consumers.get(s.outs[0], [])
+        feeds_primitive = bool(users) and prog.out_id not in s.outs and all(
+            u.primitive or u.hidden for u in users)
+        s.hidden = same or feeds_primitive
+
+
+def record(closed: Any) -> Program:
+    """Record the program of a closed jaxpr (see :class:`Recorder`).
+
+    Args:
+        closed: the closed jaxpr of the function, traced on its flattened arguments.
+
+    Returns:
+        The :class:`Program`, with hidden casts marked.
+    """
+    rec = Recorder()
+    prog = rec.prog
+    prog.in_ids = [prog.new_id(a) for a in closed.in_avals]
+    (prog.out_id,) = _jaxpr.walk(closed, prog.in_ids, rec)
+    _hide_casts(prog)
+    return prog
+
+
+def is_float(aval: Any) -> bool:
+    """Whether values of ``aval`` have a gradient (a floating or complex dtype)."""
+    return jnp.issubdtype(aval.dtype, jnp.inexact)
+
+
+class _Evaluator(_jaxpr.Visitor):
+    """Walks with values, adding a probe to each probed value and keeping the shown ones."""
+
+    def __init__(self, prog: Program, probes: dict[int, Any], keep: set[int]) -> None:
+        self.prog, self.probes, self.keep = prog, probes, keep
+        self.values: dict[int, Any] = {}
+        self._const = 0
+        self._step = 0
+
+    def _seen(self, i: int, value: Any) -> Any:
+        if i in self.probes:
+            value = value + self.probes[i]
+        if i in self.keep:
+            self.values[i] = value
+        return value
+
+    def const(self, value: Any, literal: bool) -> Any:
+        i = self.prog.const_ids[self._const]
+        self._const += 1
+        return self._seen(i, self.prog.consts[i])
+
+    def equation(self, eqn: _jaxpr.Equation, invals: list[Any]) -> list[Any]:
+        step = self.prog.steps[self._step]
+        self._step += 1
+        outs = eqn.bind(*invals)
+        if step.hidden:
+            return outs
+        return [self._seen(o, v) for o, v in zip(step.outs, outs, strict=True)]
+
+
+def evaluate(closed: Any, prog: Program, leaves: Sequence[Any], probe_ids: Sequence[int],
+             keep: set[int], jit: bool) -> tuple[dict[int, Any], dict[int, Any]]:
+    """Run forward and backward: the kept values, and the gradient of every probed id.
+
+    Args:
+        closed: the closed jaxpr :func:`record` recorded ``prog`` from.
+        prog: the program.
+        leaves: the flattened arguments.
+        probe_ids: the ids to take ``dL/d(value)`` for (float values only).
+        keep: the ids whose values to return.
+        jit: compile forward and backward as one XLA program.
+
+    Returns:
+        ``(values, grads)``: id -> value for ``keep``, id -> gradient for ``probe_ids``.
+    """
+    def run(probes: dict[int, Any], leaves: Sequence[Any]) -> tuple[Any, dict[int, Any]]:
+        ev = _Evaluator(prog, probes, keep)
+        args = [ev._seen(i, x) for i, x in zip(prog.in_ids, leaves, strict=True)]
+        (out,) = _jaxpr.walk(closed, args, ev)
+        return out, ev.values
+
+    zeros = {i: np.zeros(prog.avals[i].shape, prog.avals[i].dtype) for i in probe_ids}
+    forward_backward: Callable[..., Any] = jax.value_and_grad(run, has_aux=True)
+    if jit:
+        forward_backward = jax.jit(forward_backward)
+    (_, values), grads = forward_backward(zeros, list(leaves))
+    return values, grads
