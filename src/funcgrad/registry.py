@@ -6,104 +6,33 @@ all generated from :data:`PRIMITIVES`, so adding a primitive here adds its check
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from .primitives import _record
 from .primitives import activations as _act
 from .primitives import arithmetic as _ar
 from .primitives import linear as _lin
 from .primitives import losses as _loss
 from .primitives import normalization as _norm
 from .primitives import reductions as _red
+from .primitives._record import (
+    BROADCAST_PAIRS,
+    UNARY_SHAPES,
+    Arg,
+    Primitive,
+    register,
+    unregister,
+)
 
-__all__ = ["Arg", "Primitive", "PRIMITIVES", "sample_args", "derivative_table"]
+__all__ = ["Arg", "Primitive", "PRIMITIVES", "sample_args", "derivative_table", "register",
+           "unregister", "BROADCAST_PAIRS", "UNARY_SHAPES"]
 
 Shape = tuple[int, ...]
-
-#: Broadcast pairs used by every binary elementwise primitive (DESIGN.md, check (a)).
-BROADCAST_PAIRS: tuple[tuple[Shape, Shape], ...] = (
-    ((), ()),
-    ((3, 4), ()),
-    ((1,), (3, 4)),
-    ((3, 1), (1, 4)),
-    ((3, 4), (3, 4)),
-    ((2, 3, 4), (3, 1)),
-    ((1, 4), (2, 3, 4)),
-)
-UNARY_SHAPES: tuple[tuple[Shape], ...] = (((),), ((1,),), ((3, 1),), ((3, 4),), ((2, 3, 4),))
-
-
-@dataclasses.dataclass(frozen=True)
-class Arg:
-    """One argument of a primitive.
-
-    Attributes:
-        name: the argument's name in the public signature.
-        kind: ``"float"`` (differentiable) or ``"labels"`` (integer class indices, no
-            gradient).
-        domain: where samples are drawn: ``"real"``, ``"positive"``, ``"nonzero"`` or
-            ``"unit"`` (the interval [0, 1]).
-    """
-
-    name: str
-    kind: str = "float"
-    domain: str = "real"
-
-
-@dataclasses.dataclass(frozen=True)
-class Primitive:
-    """A registered primitive and what is known about its rule.
-
-    Attributes:
-        name: public name, ``funcgrad.<name>``.
-        fn: the public function (custom VJP rule).
-        reference: the same function in plain ``jnp``/``jax.nn``; ``jax.grad`` of it is
-            the oracle.
-        formula: the derivative, for people.
-        residuals: what the forward pass saves for the backward pass.
-        args: the positional array arguments.
-        sample_shapes: shape tuples (one shape per argument) the checks run over.
-        params: static keyword arguments passed to both ``fn`` and ``reference``.
-        kinks: the convention at non-differentiable points, or ``""``.
-        precision: notes on numerical stability, or ``""``.
-        category: the lesson's grouping (arithmetic, reduction, linear, activation, ...).
-    """
-
-    name: str
-    fn: Callable[..., jax.Array]
-    reference: Callable[..., jax.Array]
-    formula: str
-    residuals: str
-    args: tuple[Arg, ...]
-    sample_shapes: tuple[tuple[Shape, ...], ...]
-    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    kinks: str = ""
-    precision: str = ""
-    category: str = ""
-
-    @property
-    def domain(self) -> str:
-        """The input domain, one entry per argument."""
-        return ", ".join(f"{a.name}: {a.kind if a.kind == 'labels' else a.domain}"
-                         for a in self.args)
-
-    @property
-    def arg_kinds(self) -> tuple[str, ...]:
-        """The kind of each argument (``"float"`` or ``"labels"``)."""
-        return tuple(a.kind for a in self.args)
-
-    def call(self, *args: Any) -> jax.Array:
-        """Call the custom-rule function with the registered static parameters."""
-        return self.fn(*args, **self.params)
-
-    def call_reference(self, *args: Any) -> jax.Array:
-        """Call the reference implementation with the registered static parameters."""
-        return self.reference(*args, **self.params)
 
 
 def sample_args(
@@ -221,8 +150,13 @@ _entries = [
               (((6, 3), (3,), (3,)), ((5, 2, 3), (2, 3), (2, 3))), category="normalization"),
 ]
 
-#: name -> :class:`Primitive`, read-only.
-PRIMITIVES: Mapping[str, Primitive] = MappingProxyType({p.name: p for p in _entries})
+for _p in _entries:
+    if _p.name not in _record._STORE:
+        register(_p)
+
+#: name -> :class:`Primitive`: a read-only, live view of every registered primitive (the
+#: built-ins and every primitive made with :func:`funcgrad.primitive`).
+PRIMITIVES: Mapping[str, Primitive] = MappingProxyType(_record._STORE)
 
 
 def derivative_table() -> str:

@@ -6,6 +6,7 @@ rules' implementation. Examples run a rule directly with ``_broadcast.run_rule``
 """
 
 from ._broadcast import unbroadcast
+from ._define import RuleError, primitive
 from .activations import leaky_relu, relu, sigmoid, softplus, tanh
 from .arithmetic import add, div, exp, log, mul, neg, power, square, sub
 from .linear import dense, matmul
@@ -27,4 +28,6 @@ __all__ = [
     "sigmoid_binary_cross_entropy",
     "batch_norm",
     "unbroadcast",
+    "primitive",
+    "RuleError",
 ]
