@@ -44,14 +44,14 @@ def _positive_int(name: str, value: object) -> int:
 
 
 def _filesystem_cause(e: BaseException) -> OSError | None:
-    """The OSError behind a failed save (directly, chained, or named in orbax's text)."""
+    """The OSError behind a failed save (itself, its ``__cause__``, or named in its text)."""
     seen: BaseException | None = e
     for _ in range(8):
         if seen is None:
             break
         if isinstance(seen, OSError):
             return seen
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.__cause__
     text = str(e)
     for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
         if os.strerror(code) in text:
