@@ -294,6 +294,8 @@ def walk(closed: Any, args: Sequence[Any], visitor: Visitor, scope: str = "") ->
     def read(atom: Any) -> Any:
         if isinstance(atom, literal_type):
             return visitor.const(atom.val, literal=True)
+        if isinstance(atom, dropvar_type):  # an output nobody reads (inside a jit body)
+            return None
         return env[atom]
 
     for eqn in jaxpr.eqns:
