@@ -1,0 +1,434 @@
+"""The full battery for one registered primitive, from its registry record.
+
+:func:`check_primitive` runs every check the record allows and returns one
+:class:`Row` per check. A crash inside a check (a rule that forgets to unbroadcast, a
+matmul with a wrong transpose, a dtype leak) becomes a failing row carrying the error
+text; the battery itself never raises for a bad rule.
+
+Checks, in order:
+
+``primal``
+    the plain forward (not under differentiation) against the forward under ``jax.vjp``
+    and against the reference, float32 (and at the edge points against a float64 truth).
+``reference``
+    the rule's VJP against JAX's autodiff of the reference, float32, every sample shape
+    (for broadcasting primitives this is the broadcast shape grid). Without a reference,
+    against the rule's own float64 VJP.
+``finite differences``, ``dot product``, ``grad of grad``
+    float64: central differences of every element, ``<vjp(ct), v> = <ct, J v>`` along
+    random directions, and the second derivative along random directions.
+``kinks``
+    the declared derivative at each kink (``kink_points``), float32 and float64, exactly.
+``edge points``
+    float32/float16/bfloat16 gradients at ``edge_points`` against a float64 truth.
+``dtypes``
+    float16, bfloat16, float32 and float64 outputs and cotangents keep the primal's dtype;
+    float16/bfloat16 values agree element by element with a float64 truth.
+``jit``, ``vmap``, ``scan``, ``remat``
+    the VJP under each transformation equals the plain one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .compare import TOLERANCES, Comparison, Tolerance, compare
+from .vjp import _Leaves, _vjps, check_vjp
+
+__all__ = ["Row", "PrimitiveReport", "CHECKS", "check_primitive", "check_registry"]
+
+#: Every check of the battery, in the order rows are reported.
+CHECKS = ("primal", "reference", "finite differences", "dot product", "grad of grad",
+          "kinks", "edge points", "dtypes", "jit", "vmap", "scan", "remat")
+_QUICK = ("primal", "reference", "finite differences", "dot product", "kinks",
+          "edge points", "dtypes")
+_EXACT = Tolerance(rtol=1e-12, atol=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One check of one primitive.
+
+    Attributes:
+        primitive: the primitive's name.
+        check: the check's name (one of :data:`CHECKS`).
+        ok: whether it passed.
+        detail: on failure the worst element or the error; on success a short summary.
+    """
+
+    primitive: str
+    check: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class PrimitiveReport:
+    """The battery's verdict on one primitive.
+
+    Attributes:
+        name: the primitive's name.
+        formula: its declared derivative.
+        rows: one :class:`Row` per check that ran.
+        seconds: wall time of the battery.
+    """
+
+    name: str
+    formula: str
+    rows: tuple[Row, ...]
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Every row passed."""
+        return all(r.ok for r in self.rows)
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        """``"check: detail"`` of every failing row."""
+        return tuple(f"{r.check}: {r.detail}" for r in self.rows if not r.ok)
+
+    def __str__(self) -> str:
+        lines = [f"{self.name}: {'PASS' if self.ok else 'FAIL'}"]
+        lines += [f"  {r.check}: {'ok' if r.ok else 'FAIL'} {r.detail}".rstrip()
+                  for r in self.rows]
+        return "\n".join(lines)
+
+
+def _error_text(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    first = next((m for m in msg if m.strip()), "")
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" if frame else ""
+    return f"crashed: {type(exc).__name__}: {first[:400]}{where}"
+
+
+def _summary(c: Comparison) -> str:
+    if not c.ok:
+        text = str(c.worst) if c.worst is not None else ""
+        return "; ".join(t for t in (text, c.note) if t)
+    return f"max abs err {c.max_abs_err:.1e}"
+
+
+class _Battery:
+    """Shared state of one primitive's checks: samples, leaves, the rows found so far."""
+
+    def __init__(self, prim: Any, seed: int):
+        from ..registry import sample_args
+
+        self.prim, self.seed, self.rows = prim, seed, {}
+        self.key = jax.random.PRNGKey(seed)
+        self.sample = sample_args
+        self.names = [a.name for a in prim.args]
+        self.argnums = [i for i, a in enumerate(prim.args) if a.kind == "float"]
+        self.ref = prim.call_reference if getattr(prim, "reference", None) is not None else None
+
+    def args(self, dtype: Any, shapes: Any = None) -> tuple:
+        shapes = self.prim.sample_shapes[0] if shapes is None else shapes
+        return self.sample(self.prim, self.key, shapes, dtype)
+
+    def put(self, check: str, ok: bool, detail: str = "") -> None:
+        old = self.rows.get(check)
+        if old is None or (old.ok and not ok):
+            self.rows[check] = Row(self.prim.name, check, bool(ok), detail)
+
+    def run(self, checks: Iterable[str], fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:  # a crashing rule is a failing row, never an exception
+            for c in checks:
+                self.put(c, False, _error_text(exc))
+
+    def vjp(self, fn: Any, **kw: Any):
+        return check_vjp(fn, *kw.pop("args"), argnums=self.argnums, argnames=self.names,
+                         seed=self.seed, **kw)
+
+    def unary_elementwise(self) -> bool:
+        if len(self.prim.args) != 1 or self.argnums != [0]:
+            return False
+        x = jax.ShapeDtypeStruct((3,), jnp.float32)
+        out = jax.eval_shape(self.prim.call, x)
+        return getattr(out, "shape", None) == (3,)
+
+
+def _out_names(b: _Battery, n: int) -> tuple[list[int], list[str], list[str]]:
+    return [len(b.names)] * n, [*b.names, "<output>"], [f"[{k}]" for k in range(n)]
+
+
+def _primal(b: _Battery) -> None:
+    """Plain forward against the forward under differentiation and the reference."""
+    lv = _Leaves(b.args(jnp.float32), b.argnums)
+    g = lv.function(b.prim.call)
+    ref = lv.function(b.ref) if b.ref is not None else None
+
+    def both(x):
+        plain = g(*x)
+        return plain, jax.vjp(g, *x)[0], ref(*x) if ref is not None else plain
+
+    plain, under, want = jax.jit(both)(lv.values)
+    pos, names, paths = _out_names(b, len(plain))
+    tol = TOLERANCES["float32"]
+    c1 = compare("primal", plain, under, pos, names, tol, paths=paths)
+    b.put("primal", c1.ok, "plain forward differs from the forward under jax.vjp: "
+          + _summary(c1) if not c1.ok else _summary(c1))
+    if ref is not None:
+        c2 = compare("primal", plain, want, pos, names, tol, paths=paths)
+        b.put("primal", c2.ok, "plain forward differs from the reference: " + _summary(c2))
+
+
+def _reference(b: _Battery, shape_list: Sequence[Any]) -> None:
+    """float32 VJP against the reference (or the rule's float64 VJP) over the shape grid."""
+    worst = 0.0
+    for shapes in shape_list:
+        r = b.vjp(b.prim.call, args=b.args(jnp.float32, shapes), reference=b.ref,
+                  finite_differences=False, num_cotangents=2)
+        worst = max(worst, r.max_abs_err)
+        for c in r.comparisons:
+            if not c.ok:
+                b.put("reference", False, f"shapes {shapes}: {_summary(c)}")
+    against = "reference" if b.ref is not None else "the rule's float64 VJP"
+    b.put("reference", True, f"{len(shape_list)} shape(s) vs {against}, max abs err "
+          f"{worst:.1e}")
+
+
+_F64_ROWS = {"reference": "reference", "finite_differences": "finite differences",
+             "dot_product": "dot product", "second_order": "grad of grad"}
+
+
+def _float64(b: _Battery, second_order: bool) -> None:
+    """float64: reference, finite differences, the dot-product test and grad of grad."""
+    with jax.enable_x64(True):
+        r = b.vjp(b.prim.call, args=b.args(jnp.float64), reference=b.ref,
+                  second_order=second_order, num_cotangents=2)
+    for c in r.comparisons:
+        b.put(_F64_ROWS[c.check], c.ok, ("float64 " if c.check == "reference" else "")
+              + _summary(c))
+
+
+def _rule_grad(fn: Callable[..., Any]) -> Callable[[jax.Array], jax.Array]:
+    return jax.jit(lambda x: jax.vjp(fn, x)[1](jnp.ones_like(x))[0])
+
+
+def _kinks(b: _Battery) -> None:
+    """The declared derivative at each kink, float32 and float64."""
+    points = tuple(getattr(b.prim, "kink_points", ()) or ())
+    if not points:
+        return b.put("kinks", True, "none declared")
+    xs = [float(p[0]) for p in points]
+    declared = np.array([float(p[1]) for p in points])
+    for dt in ("float32", "float64"):
+        with jax.enable_x64(dt == "float64"):
+            got = np.asarray(_rule_grad(b.prim.call)(jnp.asarray(xs, dt)), np.float64)
+        tol = TOLERANCES[dt]
+        c = compare("kinks", [got], [declared.astype(dt).astype(np.float64)], [0],
+                    b.names, Tolerance(tol.rtol, 0.0, tol.floor), relative=True)
+        if not c.ok:
+            w = c.worst
+            return b.put("kinks", False, f"{dt} at x = {xs[w.index[0]]:g}: declared derivative"
+                         f" {w.expected:.9g}, rule gives {w.actual:.9g}")
+    b.put("kinks", True, "declared at x = " + ", ".join(f"{x:g}" for x in xs))
+
+
+def _edges(b: _Battery) -> None:
+    """Gradients (and the primal) at the edge points against a float64 truth."""
+    points = tuple(float(p) for p in (getattr(b.prim, "edge_points", ()) or ()))
+    if not points:
+        return b.put("edge points", True, "none declared")
+    truth_fn = b.ref if b.ref is not None else b.prim.call
+    checked = []
+    for dt in ("float32", "float16", "bfloat16"):
+        x = np.asarray(jnp.asarray(points, jnp.float32).astype(dt).astype(jnp.float32))
+        x = x[np.isfinite(x)]
+        if x.size == 0:
+            continue
+        xd = jnp.asarray(x).astype(dt)
+        got = _rule_grad(b.prim.call)(xd)
+        out = jax.jit(b.prim.call)(xd)
+        with jax.enable_x64(True):
+            x64 = jnp.asarray(x, jnp.float64)
+            want = np.asarray(_rule_grad(truth_fn)(x64))
+            want_out = np.asarray(jax.jit(truth_fn)(x64))
+        tol = TOLERANCES[dt]
+        names = [f"x = {v:g}" for v in x]
+        for check, a, e in (("edge points", got, want), ("primal", out, want_out)):
+            c = compare(check, [a], [e], [0], b.names, tol, relative=True)
+            if not c.ok:
+                w = c.worst
+                what = "gradient" if check == "edge points" else "forward"
+                b.put(check, False, f"{dt} {what} at {names[w.index[0]]}: float64 truth "
+                      f"{w.expected:.9g}, rule gives {w.actual:.9g} (rel err {w.rel_err:.3g},"
+                      f" allowed {w.allowed:.3g})")
+        checked.append(dt)
+    b.put("edge points", True, f"x = {', '.join(f'{p:g}' for p in points)} in "
+          + "/".join(checked))
+
+
+def _dtypes(b: _Battery) -> None:
+    """Outputs and cotangents keep each dtype; float16/bfloat16 values match a float64 truth."""
+    for dt in ("float16", "bfloat16", "float32", "float64"):
+        with jax.enable_x64(dt == "float64"):
+            args = b.args(jnp.dtype(dt))
+            lv = _Leaves(args, b.argnums)
+            g = lv.function(b.prim.call)
+            outs = jax.eval_shape(g, *lv.values)
+            grads = jax.eval_shape(lambda x, g=g: _vjps(g, x, [[jnp.ones(o.shape, o.dtype)
+                                                               for o in g(*x)]])[1][0],
+                                   lv.values)
+        bad = [f"output{k} is {o.dtype}" for k, o in enumerate(outs) if o.dtype != dt]
+        bad += [f"cotangent of {b.names[p]!r}{path} is {gi.dtype}"
+                for p, path, gi in zip(lv.pos, lv.paths, grads, strict=True) if gi.dtype != dt]
+        if bad:
+            return b.put("dtypes", False, f"{dt} arguments: " + "; ".join(bad)
+                         + f"; expected {dt}")
+        if dt in ("float16", "bfloat16"):
+            r = b.vjp(b.prim.call, args=args, reference=b.ref, finite_differences=False,
+                      num_cotangents=1)
+            for c in r.comparisons:
+                if not c.ok:
+                    return b.put("dtypes", False, f"{dt}: {_summary(c)}")
+    b.put("dtypes", True, "float16, bfloat16, float32, float64 kept")
+
+
+def _transforms(b: _Battery, wanted: Sequence[str]) -> None:
+    """The VJP under jit, vmap, scan and jax.checkpoint equals the plain one (float32)."""
+    args = b.args(jnp.float32)
+    lv = _Leaves(args, b.argnums)
+    other = _Leaves(b.sample(b.prim, jax.random.PRNGKey(b.seed + 1),
+                             b.prim.sample_shapes[0], jnp.float32), b.argnums)
+    g = lv.function(b.prim.call)
+    outs = jax.eval_shape(g, *lv.values)
+    ct = [jax.random.normal(jax.random.PRNGKey(b.seed + 2), o.shape, o.dtype) + 0.5
+          for o in outs]
+
+    def one(x):
+        return _vjps(g, list(x), [ct])[1][0]
+
+    def stacked(x, x2):
+        return [jnp.stack([u, v]) for u, v in zip(x, x2, strict=True)]
+
+    transforms = {
+        "vmap": lambda x, x2: jax.vmap(lambda *xi: one(xi))(*stacked(x, x2)),
+        "scan": lambda x, x2: jax.lax.scan(lambda c, xi: (c, one(xi)), 0,
+                                           stacked(x, x2))[1],
+        "remat": lambda x, x2: [jnp.stack([u, u]) for u in _vjps(
+            jax.checkpoint(g), list(x), [ct])[1][0]],
+    }
+    todo = [t for t in ("vmap", "scan", "remat") if t in wanted]
+    base = jax.jit(lambda x, x2: (one(x), one(x2)))(lv.values, other.values)
+    if "jit" in wanted:
+        _same(b, "jit", list(base[0]), one(lv.values), lv)
+    for t in todo:
+        try:
+            got = jax.jit(transforms[t])(lv.values, other.values)
+        except Exception as exc:
+            b.put(t, False, _error_text(exc))
+            continue
+        expect = [jnp.stack([u, v if t != "remat" else u]) for u, v in zip(*base, strict=True)]
+        _same(b, t, got, expect, lv)
+
+
+def _same(b: _Battery, check: str, got: Sequence[Any], want: Sequence[Any],
+          lv: _Leaves) -> None:
+    c = compare(check, got, want, lv.pos, b.names, TOLERANCES["float32"], paths=lv.paths)
+    b.put(check, c.ok, _summary(c) if not c.ok else "same as the plain VJP")
+
+
+def check_primitive(prim: Any, *, checks: Sequence[str] | None = None, quick: bool = False,
+                    seed: int = 0) -> PrimitiveReport:
+    """Run the full battery on one primitive record; never raises for a bad rule.
+
+    Args:
+        prim: a registry record (``funcgrad.PRIMITIVES[name]``, or what
+            ``funcgrad.primitive`` registered).
+        checks: run only these checks (names from :data:`CHECKS`); default: all.
+        quick: only the first sample shape, and no transformations or grad of grad.
+        seed: seed for samples, cotangents and directions.
+
+    Returns:
+        A :class:`PrimitiveReport` with one :class:`Row` per check.
+
+    Raises:
+        ValueError: for an unknown check name.
+
+    Examples:
+        >>> import funcgrad as fg
+        >>> report = check_primitive(fg.PRIMITIVES["relu"], checks=["primal", "kinks"])
+        >>> [(r.check, r.ok) for r in report.rows]
+        [('primal', True), ('kinks', True)]
+    """
+    wanted = tuple(checks) if checks else (_QUICK if quick else CHECKS)
+    unknown = [c for c in wanted if c not in CHECKS]
+    if unknown:
+        raise ValueError(f"check_primitive: unknown check(s) {unknown}; known: {list(CHECKS)}")
+    t0 = time.perf_counter()
+    b = _Battery(prim, seed)
+    if "primal" in wanted:
+        b.run(["primal"], lambda: _primal(b))
+    if "reference" in wanted:
+        shapes = prim.sample_shapes[:1] if quick else prim.sample_shapes
+        b.run(["reference"], lambda: _reference(b, shapes))
+    f64 = [c for c in ("finite differences", "dot product", "grad of grad") if c in wanted]
+    if f64:
+        b.run(f64, lambda: _float64(b, "grad of grad" in wanted))
+    pointwise = [c for c in ("kinks", "edge points") if c in wanted]
+    if pointwise:
+        b.run(pointwise, lambda: _pointwise(b, pointwise))
+    if "dtypes" in wanted:
+        b.run(["dtypes"], lambda: _dtypes(b))
+    tr = [c for c in ("jit", "vmap", "scan", "remat") if c in wanted]
+    if tr:
+        b.run(tr, lambda: _transforms(b, tr))
+    rows = tuple(b.rows[c] for c in CHECKS if c in b.rows and c in wanted)
+    return PrimitiveReport(prim.name, getattr(prim, "formula", ""), rows,
+                           time.perf_counter() - t0)
+
+
+def _pointwise(b: _Battery, which: Sequence[str]) -> None:
+    if not b.unary_elementwise():
+        for c in which:
+            b.put(c, True, "not a unary elementwise rule")
+        return
+    if "kinks" in which:
+        b.run(["kinks"], lambda: _kinks(b))
+    if "edge points" in which:
+        b.run(["edge points"], lambda: _edges(b))
+
+
+def check_registry(names: Sequence[str] | None = None, *,
+                   progress: Callable[[str], None] | None = None,
+                   **kwargs: Any) -> list[PrimitiveReport]:
+    """Run :func:`check_primitive` over the registry (or the named primitives).
+
+    Args:
+        names: primitive names; default: every primitive in :data:`funcgrad.PRIMITIVES`.
+        progress: called with one line per primitive as it finishes.
+        **kwargs: options of :func:`check_primitive`.
+
+    Returns:
+        One report per primitive, in registry order.
+
+    Raises:
+        KeyError: naming unknown primitives.
+    """
+    from ..registry import PRIMITIVES
+
+    names = list(PRIMITIVES) if names is None else list(names)
+    unknown = [n for n in names if n not in PRIMITIVES]
+    if unknown:
+        raise KeyError(f"check_registry: unknown primitive(s) {unknown}; known: {list(PRIMITIVES)}")
+    reports = []
+    for k, n in enumerate(names):
+        r = check_primitive(PRIMITIVES[n], **kwargs)
+        reports.append(r)
+        if progress is not None:
+            progress(f"[{k + 1}/{len(names)}] {n}: {'PASS' if r.ok else 'FAIL'} "
+                     f"({r.seconds:.1f} s)")
+    return reports

@@ -1,0 +1,416 @@
+"""``check_vjp``: prove any VJP rule right, for pytree arguments and outputs.
+
+The rule (usually a ``jax.custom_vjp`` function) is compared with:
+
+* ``reference``: JAX's autodiff of a plain function, when one is given (same dtype for
+  float32/float64; a float64 truth for float16/bfloat16);
+* ``float64_truth``: without a reference, the rule's own float64 VJP (itself checked by
+  finite differences) judges the float32/float16/bfloat16 values;
+* ``finite_differences``: float64 central differences, every direction of one batch in a
+  single vmapped, jitted evaluation;
+* ``dot_product``: ``<vjp(ct), v> == <ct, J v>`` along random directions ``v``;
+* ``second_order`` (optional): the gradient of ``<vjp(ct), w>`` along random directions,
+  against finite differences (and the reference's, when given).
+
+The report names the worst element: argument, pytree path, index, expected and actual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .compare import FD_TOLERANCE, Comparison, Mismatch, Tolerance, compare, merge, tolerance_for
+
+__all__ = ["CheckResult", "check_vjp", "assert_vjp_matches", "only_args"]
+
+_LOW = ("float16", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    """What :func:`check_vjp` found.
+
+    Attributes:
+        ok: every comparison passed.
+        max_abs_err: largest absolute error over all comparisons.
+        max_rel_err: largest relative error over all comparisons.
+        worst: the element that came closest to (or furthest past) its tolerance.
+        comparisons: one :class:`~funcgrad.testing.Comparison` per check that ran.
+        dtype: the dtype of the checked arguments.
+    """
+
+    ok: bool
+    max_abs_err: float
+    max_rel_err: float
+    worst: Mismatch | None
+    comparisons: tuple[Comparison, ...]
+    dtype: str
+
+    @property
+    def arg(self) -> int | None:
+        """Position of the argument with the worst element."""
+        return None if self.worst is None else self.worst.arg
+
+    @property
+    def index(self) -> tuple[int, ...] | None:
+        """Index of the worst element."""
+        return None if self.worst is None else self.worst.index
+
+    @property
+    def expected(self) -> float | None:
+        """Oracle value at the worst element."""
+        return None if self.worst is None else self.worst.expected
+
+    @property
+    def actual(self) -> float | None:
+        """Checked value at the worst element."""
+        return None if self.worst is None else self.worst.actual
+
+    def __str__(self) -> str:
+        lines = [f"VJP check {'passed' if self.ok else 'FAILED'} ({self.dtype}): "
+                 f"max abs err {self.max_abs_err:.3g}, max rel err {self.max_rel_err:.3g}"]
+        for c in self.comparisons:
+            lines.append(f"  {c.check}: {'ok' if c.ok else 'MISMATCH'}, max abs "
+                         f"{c.max_abs_err:.3g}, max rel {c.max_rel_err:.3g}")
+            if c.worst is not None and not c.ok:
+                lines.append(f"    worst {c.worst}")
+            if c.note:
+                lines.append(f"    {c.note}")
+        return "\n".join(lines)
+
+
+def only_args(fn: Callable[..., Any], args: Sequence[Any],
+              positions: Sequence[int]) -> Callable[..., Any]:
+    """``fn`` as a function of the arguments at ``positions`` only, the others fixed.
+
+    Args:
+        fn: a function of all ``args``.
+        args: the full argument list; entries at ``positions`` are placeholders.
+        positions: the positions that become the new function's arguments, in order.
+
+    Returns:
+        ``g(*values)`` that calls ``fn`` with ``values`` substituted at ``positions``.
+
+    Examples:
+        >>> only_args(lambda a, b, c: a * 100 + b * 10 + c, [1, 2, 3], [2, 0])(9, 7)
+        729
+    """
+    def g(*values: Any) -> Any:
+        full = list(args)
+        for i, v in zip(positions, values, strict=True):
+            full[i] = v
+        return fn(*full)
+    return g
+
+
+def _is_float(x: Any) -> bool:
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def _as_array(x: Any) -> Any:
+    try:
+        return jnp.asarray(x)
+    except TypeError:
+        return x
+
+
+class _Leaves:
+    """The differentiable (floating) leaves of the selected arguments, with their paths."""
+
+    def __init__(self, args: Sequence[Any], argnums: Sequence[int]):
+        self.args, self.argnums = list(args), tuple(argnums)
+        self.parts = []  # (pos, treedef, all leaves, float leaf indices)
+        self.pos, self.paths, self.values = [], [], []
+        for p in self.argnums:
+            flat, treedef = jax.tree_util.tree_flatten_with_path(self.args[p])
+            idx = [k for k, (_, leaf) in enumerate(flat) if _is_float(leaf)]
+            self.parts.append((p, treedef, [leaf for _, leaf in flat], idx))
+            for k in idx:
+                self.pos.append(p)
+                self.paths.append(jax.tree_util.keystr(flat[k][0]))
+                self.values.append(flat[k][1])
+
+    def function(self, fn: Callable[..., Any], cast: Any = None) -> Callable[..., list]:
+        """``g(*leaves) -> [float output leaves]``; other float leaves cast to ``cast``."""
+        def up(x):
+            return x.astype(cast) if cast is not None and _is_float(x) else x
+
+        base = [jax.tree.map(up, a) for a in self.args]
+
+        def g(*leaves: Any) -> list:
+            full, it = list(base), iter(leaves)
+            for p, treedef, flat, idx in self.parts:
+                new = [up(v) for v in flat]
+                for k in idx:
+                    new[k] = next(it)
+                full[p] = jax.tree_util.tree_unflatten(treedef, new)
+            return [o for o in jax.tree.leaves(fn(*full)) if _is_float(o)]
+        return g
+
+
+def _parse(fn: Any, args: tuple, reference: Any, argnums: Any, argnames: Any):
+    if not callable(fn):
+        raise TypeError(f"check_vjp: argument 'fn' must be callable; got {type(fn).__name__}")
+    if reference is None and args and callable(args[0]):  # check_vjp(fn, reference, *args)
+        reference, args = args[0], args[1:]
+    if reference is not None and not callable(reference):
+        raise TypeError(f"check_vjp: argument 'reference' must be callable or None; got "
+                        f"{type(reference).__name__}")
+    if not args:
+        raise ValueError("check_vjp: no arguments to evaluate fn at; pass them after fn")
+    args = [jax.tree.map(_as_array, a) for a in args]
+    names = list(argnames) if argnames is not None else [f"arg{i}" for i in range(len(args))]
+    if len(names) != len(args):
+        raise ValueError(f"check_vjp: argnames has {len(names)} names for {len(args)} arguments")
+    has_float = [any(_is_float(v) for v in jax.tree.leaves(a)) for a in args]
+    if argnums is None:
+        argnums = tuple(i for i, f in enumerate(has_float) if f)
+        if not argnums:
+            raise ValueError("check_vjp: no floating-point argument to differentiate")
+    argnums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    for i in argnums:
+        if not isinstance(i, int | np.integer) or not -len(args) <= i < len(args):
+            raise ValueError(f"check_vjp: argnums {i!r} is out of range for {len(args)} "
+                             f"argument(s); expected an integer in [0, {len(args) - 1}]")
+    argnums = tuple(int(i) % len(args) for i in argnums)
+    for i in argnums:
+        if not has_float[i]:
+            dts = sorted({str(getattr(v, "dtype", type(v).__name__))
+                          for v in jax.tree.leaves(args[i])}) or ["no leaves"]
+            raise TypeError(f"check_vjp: argument {names[i]!r} at argnums position {i} has "
+                            f"dtype {', '.join(dts)}; only floating arguments can be checked")
+    return reference, args, names, argnums
+
+
+def _vjps(g: Callable[..., list], leaves: list, cts: list) -> tuple[list, list]:
+    outs, pull = jax.vjp(g, *leaves)
+    return outs, [pull([c.astype(o.dtype) for c, o in zip(ct, outs, strict=True)])
+                  for ct in cts]
+
+
+def _flat(vals: Sequence[Any]) -> np.ndarray:
+    return np.concatenate([np.asarray(v, np.float64).ravel() for v in vals])
+
+
+def _split(vec: np.ndarray, like: Sequence[Any]) -> list[np.ndarray]:
+    out, start = [], 0
+    for v in like:
+        n = int(np.prod(v.shape, dtype=np.int64))
+        out.append(vec[start:start + n].reshape(v.shape))
+        start += n
+    return out
+
+
+def _fd_and_dot(g64: Callable[..., list], x64: list, cts64: list, got64: list, eps: float,
+                max_elements: int, num_directions: int, rng: np.random.Generator,
+                lv: _Leaves, names: list) -> list[Comparison]:
+    """Finite differences of every chosen element and random direction, in one jitted call."""
+    n = sum(int(v.size) for v in x64)
+    chosen = np.arange(n) if n <= max_elements else np.sort(
+        rng.choice(n, size=max_elements, replace=False))
+    rand = rng.standard_normal((num_directions, n))
+    rand /= np.linalg.norm(rand, axis=1, keepdims=True)
+    dirs = np.zeros((len(chosen) + num_directions, n))
+    dirs[np.arange(len(chosen)), chosen] = 1.0
+    dirs[len(chosen):] = rand
+
+    def at(x, cts):
+        outs = g64(*_split_jnp(x, x64))
+        return jnp.stack([sum(jnp.sum(o * c) for o, c in zip(outs, ct, strict=True))
+                          for ct in cts])
+
+    def central(x0, d, cts):
+        both = jax.vmap(lambda dx: at(x0 + dx, cts))(jnp.concatenate([eps * d, -eps * d]))
+        return (both[: d.shape[0]] - both[d.shape[0]:]) / (2 * eps)
+
+    est = np.asarray(jax.jit(central)(jnp.asarray(_flat(x64)), jnp.asarray(dirs), cts64))
+    fd_parts, dot_parts = [], []
+    for k, got in enumerate(got64):
+        g = _flat(got)
+        e_full = g.copy()
+        e_full[chosen] = est[: len(chosen), k]
+        mask = np.zeros(n, bool)
+        mask[chosen] = np.isfinite(est[: len(chosen), k])
+        fd_parts.append(compare("finite_differences", _split(g, x64), _split(e_full, x64),
+                                lv.pos, names, FD_TOLERANCE, k, paths=lv.paths,
+                                mask=_split(mask, x64)))
+        dot_parts.append(compare("dot_product", [rand @ g], [est[len(chosen):, k]],
+                                 [len(names)], [*names, "<random direction>"], FD_TOLERANCE, k))
+    return [merge("finite_differences", fd_parts), merge("dot_product", dot_parts)]
+
+
+def _split_jnp(x: jax.Array, like: Sequence[Any]) -> list[jax.Array]:
+    out, start = [], 0
+    for v in like:
+        size = int(np.prod(v.shape, dtype=np.int64))
+        out.append(x[start:start + size].reshape(v.shape))
+        start += size
+    return out
+
+
+def _second_order(g: Callable[..., list], x: list, ct: list, seed: int, eps: float,
+                  lv: _Leaves, names: list) -> tuple[list, Comparison]:
+    """grad of ``h = <vjp(ct), w>``, and its check along random directions by differences."""
+    rng = np.random.default_rng(seed + 7)
+    ws = [jnp.asarray(rng.standard_normal(v.shape), v.dtype) for v in x]
+    dirs = rng.standard_normal((2, sum(int(v.size) for v in x)))
+
+    def h(*xs):
+        _, (grads,) = _vjps(g, list(xs), [ct])
+        return sum(jnp.sum(gi * w) for gi, w in zip(grads, ws, strict=True))
+
+    def both(xs, d):
+        grad = jax.grad(h, argnums=tuple(range(len(xs))))(*xs)
+        x0 = jnp.concatenate([v.ravel() for v in xs])
+        pm = jax.vmap(lambda dx: h(*_split_jnp(x0 + dx, xs)))(jnp.concatenate([eps * d, -eps * d]))
+        return grad, (pm[: d.shape[0]] - pm[d.shape[0]:]) / (2 * eps)
+
+    grad, est = jax.jit(both)(x, jnp.asarray(dirs))
+    along = dirs @ _flat(grad)
+    tol = Tolerance(FD_TOLERANCE.rtol * 10, FD_TOLERANCE.atol * 10)
+    return list(grad), compare("second_order", [along], [np.asarray(est)], [len(names)],
+                               [*names, "<random direction>"], tol)
+
+
+def check_vjp(
+    fn: Callable[..., Any],
+    *args: Any,
+    reference: Callable[..., Any] | None = None,
+    argnums: int | Sequence[int] | None = None,
+    argnames: Sequence[str] | None = None,
+    num_cotangents: int = 3,
+    seed: int = 0,
+    tolerance: Tolerance | None = None,
+    finite_differences: bool = True,
+    fd_eps: float = 1e-6,
+    fd_max_elements: int = 256,
+    num_directions: int = 4,
+    second_order: bool = False,
+) -> CheckResult:
+    """Check the VJP of ``fn`` against a reference, a float64 truth and finite differences.
+
+    Arguments and outputs may be pytrees (dicts, lists, tuples of arrays); every floating
+    leaf of a selected argument is differentiated, integer leaves are held fixed. The
+    older call form ``check_vjp(fn, reference, *args)`` still works.
+
+    Args:
+        fn: the function whose backward rule is checked (e.g. a ``jax.custom_vjp``).
+        *args: the arguments to evaluate at (arrays or pytrees of arrays).
+        reference: optional; the same function written with plain ``jnp`` operations.
+        argnums: positions to differentiate; default: every argument with a floating leaf.
+        argnames: names for the positional arguments, used in reports.
+        num_cotangents: how many random, non-uniform cotangents to try.
+        seed: seed for the cotangents, directions and element sampling.
+        tolerance: override the :data:`~funcgrad.testing.TOLERANCES` entry of the dtype.
+        finite_differences: also run float64 central differences and the dot-product test.
+        fd_eps: the finite-difference step.
+        fd_max_elements: check at most this many elements (all arguments) by differences.
+        num_directions: random directions of the dot-product test.
+        second_order: also check the gradient of ``<vjp(ct), w>`` (grad of grad).
+
+    Returns:
+        A :class:`CheckResult`.
+
+    Raises:
+        TypeError: ``fn`` is not callable, or a selected argument has no floating leaf.
+        ValueError: no arguments, an ``argnums`` entry out of range, or wrong ``argnames``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> @jax.custom_vjp
+        ... def cube(x):
+        ...     return x ** 3
+        >>> cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (3 * x ** 2 * g,))
+        >>> check_vjp(cube, jnp.array([1.0, 2.0])).ok
+        True
+        >>> cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (2 * x ** 2 * g,))  # wrong rule
+        >>> r = check_vjp(cube, jnp.array([1.0, 2.0]), reference=lambda x: x ** 3)
+        >>> r.ok, r.worst.argname, r.worst.index, round(r.worst.expected / r.worst.actual, 6)
+        (False, 'arg0', (1,), 1.5)
+    """
+    reference, args, names, argnums = _parse(fn, args, reference, argnums, argnames)
+    lv = _Leaves(args, argnums)
+    dname = jnp.dtype(jnp.result_type(*lv.values)).name
+    tol = tolerance or tolerance_for(dname)
+    g = lv.function(fn)
+    outs = jax.eval_shape(g, *lv.values)
+    if reference is not None:
+        ref_outs = jax.eval_shape(lv.function(reference), *lv.values)
+        if [o.shape for o in outs] != [o.shape for o in ref_outs]:
+            raise AssertionError(f"check_vjp: fn returned shapes {[o.shape for o in outs]} but "
+                                 f"reference returned {[o.shape for o in ref_outs]}")
+    key = jax.random.PRNGKey(seed)
+    cts = []
+    for _ in range(num_cotangents):
+        key, *subs = jax.random.split(key, len(outs) + 1)
+        cts.append([(jax.random.normal(s, o.shape, jnp.float32) + 0.5).astype(o.dtype)
+                    for s, o in zip(subs, outs, strict=True)])
+    _, got = jax.jit(lambda x, c: _vjps(g, x, c))(lv.values, cts)
+    for grads in got:
+        for p, path, gi, xi in zip(lv.pos, lv.paths, grads, lv.values, strict=True):
+            if gi.dtype != xi.dtype or gi.shape != xi.shape:
+                raise AssertionError(
+                    f"check_vjp: cotangent of argument {names[p]!r}{path} has shape/dtype "
+                    f"{gi.shape}/{gi.dtype}, expected {xi.shape}/{xi.dtype}")
+    comparisons = []
+    if reference is not None and dname not in _LOW:
+        _, want = jax.jit(lambda x, c: _vjps(lv.function(reference), x, c))(lv.values, cts)
+        comparisons.append(merge("reference", [
+            compare("reference", a, e, lv.pos, names, tol, k, paths=lv.paths)
+            for k, (a, e) in enumerate(zip(got, want, strict=True))]))
+    with jax.enable_x64(True):
+        x64 = [v.astype(jnp.float64) for v in lv.values]
+        cts64 = [[c.astype(jnp.float64) for c in ct] for ct in cts]
+        g64 = lv.function(fn, jnp.float64)
+        if dname != "float64" and (reference is None or dname in _LOW):
+            truth_fn = g64 if reference is None else lv.function(reference, jnp.float64)
+            _, want = jax.jit(lambda x, c: _vjps(truth_fn, x, c))(x64, cts64)
+            check = "float64_truth" if reference is None else "reference"
+            comparisons.append(merge(check, [
+                compare(check, a, e, lv.pos, names, tol, k, paths=lv.paths,
+                        relative=dname in _LOW)
+                for k, (a, e) in enumerate(zip(got, want, strict=True))]))
+        if finite_differences or second_order:
+            got64 = got if dname == "float64" else jax.jit(
+                lambda x, c: _vjps(g64, x, c))(x64, cts64)[1]
+        if finite_differences:
+            comparisons += _fd_and_dot(g64, x64, cts64[:2], got64[:2], fd_eps, fd_max_elements,
+                                       num_directions, np.random.default_rng(seed), lv, names)
+        if second_order:
+            grad, so = _second_order(g64, x64, cts64[0], seed, fd_eps, lv, names)
+            parts = [so]
+            if reference is not None:
+                ref_grad, _ = _second_order(lv.function(reference, jnp.float64), x64,
+                                            cts64[0], seed, fd_eps, lv, names)
+                parts.append(compare("second_order", grad, ref_grad, lv.pos, names,
+                                     Tolerance(tol.rtol * 10, tol.atol * 10), paths=lv.paths))
+            comparisons.append(merge("second_order", parts))
+    merged = merge("all", comparisons)
+    return CheckResult(all(c.ok for c in comparisons), merged.max_abs_err, merged.max_rel_err,
+                       merged.worst, tuple(comparisons), dname)
+
+
+def assert_vjp_matches(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> CheckResult:
+    """Like :func:`check_vjp`, but raise ``AssertionError`` with the full report on failure.
+
+    Args:
+        fn: the function whose backward rule is checked.
+        *args: arguments (the older form ``assert_vjp_matches(fn, reference, *args)`` works).
+        **kwargs: options of :func:`check_vjp`.
+
+    Returns:
+        The passing :class:`CheckResult`.
+
+    Raises:
+        AssertionError: naming the argument, element, expected and actual values.
+    """
+    result = check_vjp(fn, *args, **kwargs)
+    if not result.ok:
+        raise AssertionError(str(result))
+    return result
