@@ -334,10 +334,15 @@ def test_fit_takes_a_loss_function_and_a_config():
 
 
 class _SpyCheckpoints:
-    """Records the steps fit saves at (the cadence rule lives in fit)."""
+    """Records the steps fit saves at; the cadence rule is CheckpointManager's own."""
 
     def __init__(self, every):
         self.every, self.saved = every, []
+
+    def should_save(self, step, previous_step=None):
+        from funcgrad.checkpoint import CheckpointManager
+
+        return CheckpointManager.should_save(self, step, previous_step=previous_step)
 
     def latest_step(self):
         return self.saved[-1] if self.saved else None

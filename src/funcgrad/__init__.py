@@ -1,64 +1,59 @@
 """funcgrad: a JAX functional autodiff library with hand-written custom VJP rules.
 
 The public namespace re-exports the primitives (``funcgrad.relu``, ``funcgrad.dense``,
-...), the registry :data:`PRIMITIVES` and :func:`hessian`.
+...), :func:`primitive` for your own rules, the registry :data:`PRIMITIVES`,
+:func:`hessian`, :func:`explain` and training's :func:`fit`.
+
+Everything loads on first use (PEP 562 ``__getattr__``): ``import funcgrad`` imports
+neither JAX nor optax, so ``funcgrad --help`` answers at once, and ``funcgrad.fit`` or
+``funcgrad.relu`` import exactly what they need the first time they are touched.
 """
 
-from . import checkpoint, data, flow, nn, parallel, testing, train
-from .graph import Graph, explain
-from .primitives import (
-    add,
-    batch_norm,
-    dense,
-    div,
-    exp,
-    leaky_relu,
-    log,
-    matmul,
-    mean,
-    mean_squared_error,
-    mul,
-    neg,
-    power,
-    relu,
-    sigmoid,
-    sigmoid_binary_cross_entropy,
-    softmax_cross_entropy,
-    softplus,
-    square,
-    squared_error,
-    sub,
-    sum,
-    tanh,
-    unbroadcast,
-)
-from .registry import PRIMITIVES, Primitive
-from .train import TrainState, fit, optimizer
-from .transforms import hessian
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+#: Subpackages and modules, loaded on first attribute access.
+_SUBMODULES = ("checkpoint", "data", "experiments", "explain", "flow", "nn", "parallel",
+               "primitives", "registry", "testing", "train", "transforms")
+
+#: Public name -> the module that defines it.
+_NAMES: dict[str, str] = {
+    **dict.fromkeys(
+        ("add", "batch_norm", "dense", "div", "exp", "leaky_relu", "log", "matmul", "mean",
+         "mean_squared_error", "mul", "neg", "power", "relu", "sigmoid",
+         "sigmoid_binary_cross_entropy", "softmax_cross_entropy", "softplus", "square",
+         "squared_error", "sub", "sum", "tanh", "unbroadcast", "primitive", "RuleError"),
+        "primitives"),
+    "PRIMITIVES": "registry",
+    "Primitive": "registry",
+    "hessian": "transforms",
+    "Graph": "explain",
+    "TrainState": "train",
+    "fit": "train",
+    "optimizer": "train",
+}
 
 __all__ = [
     "Graph",
     "PRIMITIVES",
-    "TrainState",
-    "checkpoint",
-    "data",
-    "fit",
-    "flow",
-    "nn",
-    "optimizer",
-    "parallel",
-    "testing",
-    "train",
     "Primitive",
+    "RuleError",
+    "TrainState",
     "__version__",
     "add",
     "batch_norm",
+    "checkpoint",
+    "data",
     "dense",
     "div",
     "exp",
     "explain",
+    "fit",
+    "flow",
     "hessian",
     "leaky_relu",
     "log",
@@ -67,7 +62,13 @@ __all__ = [
     "mean_squared_error",
     "mul",
     "neg",
+    "nn",
+    "optimizer",
+    "parallel",
     "power",
+    "primitive",
+    "primitives",
+    "registry",
     "relu",
     "sigmoid",
     "sigmoid_binary_cross_entropy",
@@ -78,5 +79,23 @@ __all__ = [
     "sub",
     "sum",
     "tanh",
+    "testing",
+    "train",
+    "transforms",
     "unbroadcast",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    elif name in _NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+    else:
+        raise AttributeError(f"module 'funcgrad' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -229,11 +229,6 @@ class _Run:
                            "test_accuracy": correct / count})
 
 
-def _crossed(before: int, after: int, every: int) -> bool:
-    """Whether a multiple of ``every`` lies in ``(before, after]``."""
-    return after // every > before // every
-
-
 def _restore(state: TrainState, checkpoints: Any, resume: bool) -> tuple[TrainState, int | None]:
     if not resume:
         return state, None
@@ -268,8 +263,8 @@ def fit(
     examples of weight 0, so every step has the same shape and nothing retraces.
     ``steps_per_dispatch = K > 1`` runs K steps per dispatch with ``lax.scan``; the
     remainder of an epoch runs as single steps (one more compiled program). A checkpoint
-    is saved whenever a dispatch crosses a multiple of ``checkpoints.every``, and at the
-    end.
+    is saved whenever a dispatch crosses a multiple of ``checkpoints.every``
+    (``should_save(step, previous_step=...)``), and at the end.
 
     Args:
         params: initial parameters (ignored when resuming from a checkpoint).
@@ -329,7 +324,7 @@ def fit(
         record = None
         if run.step - run.last_logged >= cfg.log_every or run.step == run.total:
             record = run.flush()
-        if checkpoints is not None and _crossed(before, run.step, checkpoints.every):
+        if checkpoints is not None and checkpoints.should_save(run.step, previous_step=before):
             checkpoints.save(run.step, run.state)
         done_epoch, pos = divmod(run.step, run.steps_per_epoch)
         if pos == 0 and (done_epoch % cfg.eval_every_epochs == 0 or run.step == run.total):

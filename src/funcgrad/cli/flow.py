@@ -1,5 +1,5 @@
-"""``funcgrad flow``: the lesson's vanishing and exploding gradient experiments (printing
-lives here)."""
+"""``funcgrad flow``: the lesson's vanishing and exploding gradient experiments, and the
+live flags of ``funcgrad train --flow``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._cli_train import positive_int
+from ._args import positive_int, seed_int
+
+__all__ = ["QUICK", "add_parser", "finish_train_history", "run", "train_history"]
 
 #: ``--quick``: a smoke run for tests; too shallow and short to show the effects.
 QUICK = {"depth": 6, "width": 16, "steps": 20, "batch_size": 32}
@@ -22,8 +24,16 @@ def train_history(log_every: int, apply_fn: Any, echo: bool = True) -> Any:
     explosion between fetches still shows, and a layer hovering at a threshold does not
     print a line per step. A line is printed only when some flag fires and the flags differ
     from the last ones printed.
+
+    Args:
+        log_every: fetch to the host every this many steps.
+        apply_fn: the model, for saturation statistics.
+        echo: print the flags (process 0 of a multi-host run only).
+
+    Returns:
+        A ``funcgrad.flow.History``.
     """
-    from . import flow
+    from .. import flow
 
     shown = {"flags": ""}
 
@@ -42,8 +52,16 @@ def train_history(log_every: int, apply_fn: Any, echo: bool = True) -> Any:
 
 
 def finish_train_history(history: Any, out: Path | None) -> dict[str, Any]:
-    """Final flags of a ``funcgrad train --flow`` run; flow.json and the plots in ``out``."""
-    from . import flow
+    """Final flags of a ``funcgrad train --flow`` run; flow.json and the plots in ``out``.
+
+    Args:
+        history: the History from :func:`train_history`.
+        out: the output directory, or ``None``.
+
+    Returns:
+        ``{"final_flags", "records"}`` and, with ``out``, the ``files`` written.
+    """
+    from .. import flow
 
     history.fetch()
     last = history.records[-1] if history.records else None
@@ -62,47 +80,73 @@ def finish_train_history(history: Any, out: Path | None) -> dict[str, Any]:
     return result
 
 
-def add_flow_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add the ``flow`` subcommand to ``sub``."""
-    p = sub.add_parser(
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``flow`` subcommand.
+
+    Args:
+        subparsers: the ``add_subparsers()`` object of the ``funcgrad`` parser.
+
+    Returns:
+        The subcommand's parser.
+    """
+    p = subparsers.add_parser(
         "flow", help="measure vanishing and exploding gradients: the lesson's experiments",
         description="Train deep MLPs on the embedded digits with plain SGD and measure the "
                     "gradient norm of every layer: the vanishing-gradient experiment (sigmoid, "
                     "tanh, relu/He, residual, batch norm) and the exploding-gradient "
                     "experiment (large init gain; clipping, a lower learning rate and a proper "
                     "init as cures). Prints the tables; --out writes flow.json and PNG plots.")
-    p.add_argument("--experiment", choices=["both", "vanishing", "exploding"], default="both")
+    p.add_argument("--experiment", choices=["both", "vanishing", "exploding"], default="both",
+                   help="which experiment to run (default %(default)s)")
     p.add_argument("--out", metavar="DIR",
                    help="write flow.json (every configuration's per-layer statistics and "
                         "flags) and the plots flow_vanishing_*.png, flow_exploding_*.png")
     p.add_argument("--depth", type=positive_int("--depth"), default=20,
-                   help="dense layers per network (default 20)")
+                   help="dense layers per network (default %(default)s)")
     p.add_argument("--width", type=positive_int("--width"), default=32,
-                   help="hidden width (default 32)")
+                   help="hidden width (default %(default)s)")
     p.add_argument("--steps", type=positive_int("--steps"), default=300,
-                   help="plain SGD steps per network (default 300)")
-    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=64)
-    p.add_argument("--seed", type=int, default=0)
+                   help="plain SGD steps per network (default %(default)s)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=64,
+                   help="examples per SGD step (default %(default)s)")
+    p.add_argument("--seed", type=seed_int(), default=0,
+                   help="seed of the initialisation and the batches (default %(default)s)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run for tests (depth 6, width 16, 20 steps, batch 32): too "
                         "shallow and short to reproduce the lesson's effects")
-    p.set_defaults(func=run_flow)
     return p
 
 
-def _plot(results: list, prefix: Path, title: str) -> list[str]:
-    from . import flow
-
-    try:
-        paths = flow.plot({r.config.name: r.history for r in results}, prefix, title=title)
-    except ImportError:
-        return []
-    return [str(p) for p in paths]
+def _check_out(out: Path | None) -> None:
+    if out is not None and out.exists() and not out.is_dir():
+        raise ValueError(f"--out must be a directory; got {str(out)!r}, an existing file")
 
 
-def run_flow(args: argparse.Namespace) -> int:
-    """Run ``funcgrad flow`` with parsed arguments; returns the exit status."""
-    from . import flow
+def _header(settings: dict[str, Any], quick: bool, thresholds: dict[str, float]) -> str:
+    th = thresholds
+    return (
+        f"funcgrad flow: {settings['depth']}-layer MLPs ({settings['depth'] - 1} hidden "
+        f"layers of {settings['width']}) on the digits, {settings['steps']} plain SGD steps "
+        f"of batch {settings['batch_size']}, seed {settings['seed']}"
+        + ("  [--quick: smoke run, too small to show the effects]" if quick else "")
+        + f"\nflags: vanishing if |g| < {th['vanishing_ratio']:g} x the largest layer's or < "
+        f"{th['vanishing_norm']:g}; exploding if |g| > {th['exploding_norm']:g}, non-finite, "
+        f"or |update|/|param| > {th['exploding_update_ratio']:g}; dead if > "
+        f"{th['dead_fraction']:.0%} of the gradient is exactly 0. g0/gL = first layer's "
+        "gradient norm / last layer's; sat = mean share of saturated sigmoid/tanh units.")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``funcgrad flow`` with parsed arguments.
+
+    Args:
+        args: the parsed arguments.
+
+    Returns:
+        The exit status.
+    """
+    from .. import flow
+    from .. import flow as experiments
 
     t0 = time.perf_counter()
     settings: dict[str, Any] = {"depth": args.depth, "width": args.width, "steps": args.steps,
@@ -111,34 +155,28 @@ def run_flow(args: argparse.Namespace) -> int:
         settings.update(QUICK)
     if settings["depth"] < 2:
         raise ValueError(f"--depth must be >= 2; got {settings['depth']}")
-    print(f"funcgrad flow: {settings['depth']}-layer MLPs ({settings['depth'] - 1} hidden "
-          f"layers of {settings['width']}) on the digits, {settings['steps']} plain SGD steps "
-          f"of batch {settings['batch_size']}, seed {settings['seed']}"
-          + ("  [--quick: smoke run, too small to show the effects]" if args.quick else ""))
-    th = flow.DEFAULT_THRESHOLDS
-    print(f"flags: vanishing if |g| < {th['vanishing_ratio']:g} x the largest layer's or < "
-          f"{th['vanishing_norm']:g}; exploding if |g| > {th['exploding_norm']:g}, non-finite, "
-          f"or |update|/|param| > {th['exploding_update_ratio']:g}; dead if > "
-          f"{th['dead_fraction']:.0%} of the gradient is exactly 0. g0/gL = first layer's "
-          "gradient norm / last layer's; sat = mean share of saturated sigmoid/tanh units.")
-    report: dict[str, Any] = {"settings": settings, "thresholds": dict(th)}
     out = Path(args.out) if args.out else None
+    _check_out(out)  # before the run, not after it
+    print(_header(settings, args.quick, flow.DEFAULT_THRESHOLDS))
+    report: dict[str, Any] = {"settings": settings, "thresholds": dict(flow.DEFAULT_THRESHOLDS)}
     pngs: list[str] = []
-    for name, run, fmt in (("vanishing", flow.vanishing_experiment, flow.format_vanishing_table),
-                           ("exploding", flow.exploding_experiment, flow.format_exploding_table)):
+    for name in ("vanishing", "exploding"):
         if args.experiment not in ("both", name):
             continue
         t = time.perf_counter()
-        results = run(**settings)
+        results = getattr(experiments, f"{name}_experiment")(**settings)
         print(f"\n{name} gradients ({time.perf_counter() - t:.1f} s; probe = fixed batch of "
               f"{results[0].settings['probe_size']} training examples)")
-        print(fmt(results))
+        print(getattr(experiments, f"format_{name}_table")(results))
         report[name] = [r.to_dict() for r in results]
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            pngs += _plot(results, out / f"flow_{name}", f"{name} gradients")
-    wall = time.perf_counter() - t0
-    report["wall_seconds"] = wall
+            try:
+                pngs += map(str, flow.plot({r.config.name: r.history for r in results},
+                                           out / f"flow_{name}", title=f"{name} gradients"))
+            except ImportError:
+                pass
+    report["wall_seconds"] = wall = time.perf_counter() - t0
     if out is not None:
         (out / "flow.json").write_text(json.dumps(report))
         print(f"\nwrote {out / 'flow.json'}"

@@ -4,56 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from .nn import ACTIVATIONS, INITIALIZERS
+from ._args import ACTIVATIONS, INITIALIZERS, momentum_float, positive_float, positive_int, seed_int
+
+__all__ = ["add_parser", "run"]
 
 
-def positive_float(flag: str):
-    """argparse type: a finite float > 0, with an error that names the flag."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be a number; got {text!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"{flag} must be > 0; got {text}")
-        return value
-    return parse
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``train`` subcommand.
 
+    Args:
+        subparsers: the ``add_subparsers()`` object of the ``funcgrad`` parser.
 
-def positive_int(flag: str):
-    """argparse type: an int >= 1, with an error that names the flag."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer; got {text!r}") \
-                from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= 1; got {text}")
-        return value
-    return parse
-
-
-def momentum_float(text: str) -> float:
-    """argparse type for --momentum: a float in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--momentum must be a number; got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"--momentum must be in [0, 1); got {text}")
-    return value
-
-
-def add_train_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add the ``train`` subcommand to ``sub``."""
-    p = sub.add_parser(
+    Returns:
+        The subcommand's parser.
+    """
+    p = subparsers.add_parser(
         "train", help="train an MLP (default: the embedded 8x8 digits) with SGD and clipping",
         description="Train an MLP built from funcgrad primitives with optax SGD and gradient "
                     "clipping. Defaults train on the embedded UCI 8x8 digits.")
@@ -62,11 +32,14 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
                    help="your own data: an .npz with arrays x (samples, features...) and integer "
                         "labels y (optional x_test, y_test); default: embedded digits")
     g.add_argument("--hidden", type=positive_int("--hidden"), default=512,
-                   help="width of each hidden layer (default 512)")
+                   help="width of each hidden layer (default %(default)s)")
     g.add_argument("--depth", type=positive_int("--depth"), default=1,
-                   help="number of hidden layers (default 1)")
-    g.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu")
-    g.add_argument("--init", choices=sorted(INITIALIZERS), default="he")
+                   help="number of hidden layers (default %(default)s)")
+    g.add_argument("--activation", choices=ACTIVATIONS, default="relu",
+                   help="hidden-layer activation (default %(default)s)")
+    g.add_argument("--init", choices=INITIALIZERS, default="he",
+                   help="weight initialiser: he (relu), glorot (tanh, sigmoid) or a plain "
+                        "normal (default %(default)s)")
     g.add_argument("--init-scale", type=positive_float("--init-scale"), default=1.0,
                    help="gain of he/glorot, or std of normal (default 1)")
     g.add_argument("--residual", action="store_true", help="skip connections between "
@@ -75,29 +48,46 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--no-standardize", action="store_true",
                    help="feed raw features (default: standardise each feature with the "
                         "training set's mean and standard deviation)")
-    g = p.add_argument_group("optimisation")
+    _add_optimisation_args(p.add_argument_group("optimisation"))
+    _add_output_args(p.add_argument_group("output and checkpoints"))
+    _add_device_args(p.add_argument_group("devices"))
+    return p
+
+
+def _add_optimisation_args(g: Any) -> None:
     g.add_argument("--lr", type=positive_float("--lr"), default=0.05,
-                   help="learning rate (default 0.05)")
-    g.add_argument("--momentum", type=momentum_float, default=0.9, help="default 0.9")
+                   help="learning rate (default %(default)s)")
+    g.add_argument("--momentum", type=momentum_float, default=0.9,
+                   help="heavy-ball momentum in [0, 1) (default %(default)s)")
     g.add_argument("--clip-norm", type=positive_float("--clip-norm"), default=1.0,
-                   help="clip_by_global_norm threshold (default 1.0)")
+                   help="clip_by_global_norm threshold (default %(default)s)")
     g.add_argument("--no-clip-norm", action="store_true", help="disable global-norm clipping")
     g.add_argument("--clip-value", type=positive_float("--clip-value"), default=None,
                    help="clip every gradient element to [-v, v]")
-    g.add_argument("--batch-size", type=positive_int("--batch-size"), default=32)
-    g.add_argument("--epochs", type=positive_int("--epochs"), default=30)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=positive_int("--batch-size"), default=32,
+                   help="examples per step; a partial last batch is padded "
+                        "(default %(default)s)")
+    g.add_argument("--epochs", type=positive_int("--epochs"), default=30,
+                   help="passes over the training set (default %(default)s)")
+    g.add_argument("--seed", type=seed_int(), default=0,
+                   help="seed of the split, the initialisation and the shuffling, in "
+                        "[0, 2**32 - 1] (default %(default)s)")
     g.add_argument("--steps-per-dispatch", type=positive_int("--steps-per-dispatch"),
-                   default=10, help="K: training steps fused into one dispatch with lax.scan")
+                   default=10, help="K: training steps fused into one dispatch with lax.scan "
+                                    "(default %(default)s)")
     g.add_argument("--log-every", type=positive_int("--log-every"), default=50,
-                   help="fetch metrics to the host every N steps")
-    g = p.add_argument_group("output and checkpoints")
+                   help="fetch metrics to the host every N steps (default %(default)s)")
+
+
+def _add_output_args(g: Any) -> None:
     g.add_argument("--out", metavar="DIR", help="write metrics.jsonl, summary.json and "
                    "curves (PNG, with matplotlib) here")
     g.add_argument("--checkpoint-dir", metavar="DIR", help="save orbax checkpoints here")
     g.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every"), default=200,
-                   help="steps between checkpoints (default 200)")
-    g.add_argument("--keep-checkpoints", type=positive_int("--keep-checkpoints"), default=3)
+                   help="save a checkpoint whenever a multiple of N steps is passed, and at the "
+                        "end (default %(default)s)")
+    g.add_argument("--keep-checkpoints", type=positive_int("--keep-checkpoints"), default=3,
+                   help="keep the newest N good checkpoints (default %(default)s)")
     g.add_argument("--resume", action="store_true",
                    help="continue from the newest good checkpoint in --checkpoint-dir")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -105,21 +95,25 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
                    help="record per-layer gradient statistics every step, print vanishing/"
                         "exploding/dead flags when they fire, and with --out write "
                         "flow.json, flow_heatmap.png and flow_layers.png")
-    g = p.add_argument_group("devices")
+
+
+def _add_device_args(g: Any) -> None:
     g.add_argument("--platform", choices=["cpu", "gpu", "cuda", "rocm", "tpu"],
                    help="force a JAX backend (default: JAX's default)")
     g.add_argument("--data-parallel", action="store_true",
                    help="shard each batch over all devices, replicate the state")
     g.add_argument("--coordinator", metavar="HOST:PORT",
                    help="multi-host: address of process 0 (calls jax.distributed.initialize)")
-    g.add_argument("--num-processes", type=positive_int("--num-processes"), default=None)
-    g.add_argument("--process-id", type=int, default=None)
-    p.set_defaults(func=run_train)
-    return p
+    g.add_argument("--num-processes", type=positive_int("--num-processes"), default=None,
+                   help="multi-host: the number of processes, with --coordinator "
+                        "(default: single process)")
+    g.add_argument("--process-id", type=int, default=None,
+                   help="multi-host: this process's index in [0, --num-processes), with "
+                        "--coordinator (default: single process)")
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from . import data
+    from .. import data
 
     if args.data:
         return data.load_npz(args.data, seed=args.seed)
@@ -226,15 +220,19 @@ def _print_summary(summary: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """Run ``funcgrad train`` with parsed arguments; returns the exit status."""
+def _start(args: argparse.Namespace) -> bool:
+    """Select the platform, join a multi-host run, check flag combinations.
+
+    Returns:
+        Whether this is process 0 (the one that writes files and prints the summary).
+    """
     if args.platform:
         os.environ["JAX_PLATFORMS"] = "cuda" if args.platform == "gpu" else args.platform
     import jax
 
     if args.platform:
         jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
-    from . import nn, parallel, train
+    from .. import parallel
 
     if args.coordinator or args.num_processes or args.process_id is not None:
         if not (args.coordinator and args.num_processes and args.process_id is not None):
@@ -246,7 +244,14 @@ def run_train(args: argparse.Namespace) -> int:
     if args.checkpoint_dir and jax.process_count() > 1:
         raise ValueError("--checkpoint-dir is single-process for now; multi-host runs "
                          "(--coordinator) cannot checkpoint yet")
-    is_main = jax.process_index() == 0  # only process 0 writes files
+    return jax.process_index() == 0
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Any, tuple[Any, Any], Any, list[str]]:
+    """Load and standardise the data, build the mesh, print what the run will use."""
+    import jax
+
+    from .. import parallel
 
     ds = _load(args)
     x_train, x_test = ds.x_train, ds.x_test
@@ -261,21 +266,24 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"funcgrad train: {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test "
           f"examples, {ds.x_train.shape[1]} features, {ds.num_classes} classes")
     print(f"devices: {', '.join(devices)}" + (" (data parallel)" if mesh is not None else ""))
+    return ds, (x_train, x_test), mesh, devices
+
+
+def _fit(args: argparse.Namespace, ds: Any, xs: tuple[Any, Any], mesh: Any,
+         out: Path | None, flow_history: Any) -> Any:
+    """Build the model and optimizer and run :func:`funcgrad.train.fit`."""
+    import jax
+
+    from .. import nn, train
+
     sizes = [ds.x_train.shape[1]] + [args.hidden] * args.depth + [ds.num_classes]
     params = nn.init_mlp(jax.random.PRNGKey(args.seed), sizes, activation=args.activation,
-                         init=args.init, scale=args.init_scale, residual=args.residual,
-                         batch_norm=args.batch_norm)
+                         init=args.init, scale=args.init_scale, batch_norm=args.batch_norm)
     tx = train.optimizer(args.lr, momentum=args.momentum,
                          clip_norm=None if args.no_clip_norm else args.clip_norm,
                          clip_value=args.clip_value)
-
-    def apply_fn(p: Any, x: Any) -> Any:
-        return nn.mlp(p, x, activation=args.activation, residual=args.residual)
-
-    out = Path(args.out) if args.out and is_main else None
     metrics_file = None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         metrics_file = open(out / "metrics.jsonl", "w")  # noqa: SIM115 - closed below
 
     def on_log(record: dict) -> None:
@@ -283,38 +291,47 @@ def run_train(args: argparse.Namespace) -> int:
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
 
-    flow_history = None
-    if args.flow:
-        from ._cli_flow import train_history
-
-        flow_history = train_history(args.log_every, apply_fn, echo=is_main)
     checkpoints = None
     if args.checkpoint_dir:
-        from .checkpoint import CheckpointManager
+        from ..checkpoint import CheckpointManager
 
         checkpoints = CheckpointManager(args.checkpoint_dir, keep=args.keep_checkpoints,
                                         every=args.checkpoint_every)
+    config = train.FitConfig(batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+                             steps_per_dispatch=args.steps_per_dispatch,
+                             log_every=args.log_every)
     try:
         with _Progress(not args.no_progress and sys.stderr.isatty() or
                        os.environ.get("FUNCGRAD_PROGRESS") == "1") as bar:
-            result = train.fit(
-                params, (x_train, ds.y_train), apply_fn=apply_fn, tx=tx,
-                batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
-                steps_per_dispatch=args.steps_per_dispatch, log_every=args.log_every,
-                eval_data=(x_test, ds.y_test), checkpoints=checkpoints,
-                resume=args.resume, mesh=mesh, progress=bar, on_log=on_log,
-                flow=flow_history)
+            return train.fit(params, (xs[0], ds.y_train), apply_fn=_apply_fn(args), tx=tx,
+                             config=config, eval_data=(xs[1], ds.y_test),
+                             checkpoints=checkpoints, resume=args.resume, mesh=mesh,
+                             hooks=train.FitHooks(progress=bar, on_log=on_log,
+                                                  flow=flow_history))
     finally:
         if metrics_file is not None:
             metrics_file.close()
         if checkpoints is not None:
             checkpoints.close()
-    if result.resumed_from is not None:
-        print(f"resumed from checkpoint at step {result.resumed_from}")
+
+
+def _apply_fn(args: argparse.Namespace) -> Any:
+    from .. import nn
+
+    def apply_fn(p: Any, x: Any) -> Any:
+        return nn.mlp(p, x, activation=args.activation, residual=args.residual)
+
+    return apply_fn
+
+
+def _summary(args: argparse.Namespace, result: Any, ds: Any,
+             devices: list[str]) -> dict[str, Any]:
+    import jax
+
     last = result.history[-1] if result.history else {}
     final = result.evals[-1] if result.evals else {}
     steps = int(jax.device_get(result.state.step))
-    summary = {
+    return {
         "test_accuracy": final.get("test_accuracy"),
         "test_loss": final.get("test_loss"),
         "train_loss": last.get("train_loss"),
@@ -326,13 +343,47 @@ def run_train(args: argparse.Namespace) -> int:
         "steps_per_second": steps / result.wall_seconds if result.wall_seconds else None,
         "devices": devices,
         "dataset": ds.name,
-        "config": {k: v for k, v in vars(args).items() if k != "func"},
+        "config": dict(vars(args)),
     }
+
+
+def _output_dir(args: argparse.Namespace, is_main: bool) -> Path | None:
+    if not args.out or not is_main:
+        return None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out must be a directory; got {str(out)!r}, an existing file")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``funcgrad train`` with parsed arguments.
+
+    Args:
+        args: the parsed arguments.
+
+    Returns:
+        The exit status.
+    """
+    is_main = _start(args)
+    out = _output_dir(args, is_main)  # before any work: a bad --out fails at once
+    ds, xs, mesh, devices = _prepare(args)
+    flow_history = None
+    if args.flow:
+        from .flow import train_history
+
+        flow_history = train_history(args.log_every, _apply_fn(args), echo=is_main)
+    result = _fit(args, ds, xs, mesh, out, flow_history)
+    if result.resumed_from is not None:
+        print(f"resumed from checkpoint at step {result.resumed_from}")
+    summary = _summary(args, result, ds, devices)
     if flow_history is not None:
-        from ._cli_flow import finish_train_history
+        from .flow import finish_train_history
 
         summary["flow"] = finish_train_history(flow_history, out)
-    _print_summary(summary)
+    if is_main:
+        _print_summary(summary)
     if out is not None:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         pngs = _plot_curves(result.history, result.evals, out)

@@ -1,0 +1,55 @@
+"""The ``funcgrad`` command line: the only package that prints.
+
+Subcommands, one module each (``add_parser(subparsers)`` builds its parser without
+importing JAX; ``run(args)`` does the work and imports what it needs):
+    check    run the rule checker over every registered primitive.
+    explain  draw one of the lesson's worked examples as a graph with values and gradients.
+    train    train an MLP on the embedded digits (or your .npz) with SGD and clipping.
+    flow     measure vanishing and exploding gradients (the lesson's experiments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import check, explain, flow, train
+
+__all__ = ["build_parser", "main"]
+
+_COMMANDS = {"check": check, "explain": explain, "train": train, "flow": flow}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser for the ``funcgrad`` command.
+
+    Returns:
+        The parser, one subparser per command.
+    """
+    parser = argparse.ArgumentParser(
+        prog="funcgrad",
+        description="funcgrad: hand-written custom VJP rules for JAX, checked, explained "
+                    "and trained.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in _COMMANDS.values():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``funcgrad`` command line.
+
+    Args:
+        argv: arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns:
+        The process exit status.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(_COMMANDS[args.command].run(args) or 0)
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
+        print(f"funcgrad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
