@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import re
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -238,9 +241,73 @@ def test_load_npz_flattens_trailing_axes(tmp_path):
 
 
 def test_load_npz_num_classes_from_max_label(tmp_path):
-    x = np.zeros((4, 2))
-    ds = load_npz(_write(tmp_path, x=x, y=np.array([0, 4, 0, 4])))
-    assert ds.num_classes == 5
+    x = np.zeros((6, 2))
+    ds = load_npz(_write(tmp_path, x=x, y=np.array([0, 2, 1, 2, 0, 1])))
+    assert ds.num_classes == 3
+
+
+@pytest.mark.parametrize(
+    ("y", "got"),
+    [
+        ([0, 4, 0, 4], r"got labels \[0, 4\] \(max 4 would make a 5-way classifier\)"),
+        ([0, 1, 2, 99999] * 2, r"got labels \[0, 1, 2, 99999\] \(max 99999 .*100000-way"),
+        (list(range(7)) + [50], r"got labels \[0, 1, 2, 3, 4, \.\.\., 50\]"),
+    ],
+    ids=["gap", "sparse", "long"],
+)
+def test_load_npz_rejects_label_gaps_with_a_remap_hint(tmp_path, y, got):
+    y = np.array(y)
+    path = _write(tmp_path, x=np.zeros((len(y), 2)), y=y)
+    with pytest.raises(ValueError, match=r"^load_npz: class labels must be 0\.\.K-1") as info:
+        load_npz(path)
+    assert re.search(got, str(info.value)), str(info.value)
+    assert "np.unique(y, return_inverse=True)" in str(info.value)
+
+
+def test_load_npz_rejects_label_gaps_across_a_given_test_split(tmp_path):
+    path = _write(tmp_path, x=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]),
+                  x_test=np.zeros((2, 2)), y_test=np.array([0, 3]))
+    with pytest.raises(ValueError, match=r"expected 3 classes numbered 0\.\.2, got labels"):
+        load_npz(path)
+
+
+@pytest.mark.parametrize("split", ["whole", "given"])
+def test_load_npz_rejects_one_class_data(tmp_path, split):
+    arrays = {"x": np.zeros((6, 2)), "y": np.full(6, 3)}
+    if split == "given":
+        arrays.update(x_test=np.zeros((2, 2)), y_test=np.full(2, 3))
+    names = "'y'" if split == "whole" else "'y' and 'y_test'"
+    with pytest.raises(ValueError) as info:
+        load_npz(_write(tmp_path, **arrays))
+    assert str(info.value) == (
+        f"load_npz: array {names} must hold at least 2 classes; expected labels 0..K-1 "
+        "with K >= 2, got only class 3"
+    )
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else set()
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9])
+def test_load_npz_truncated_file_is_a_clear_error_and_is_closed(tmp_path, cut):
+    whole = _write(tmp_path, "whole.npz", **_xy(n=200))
+    data = whole.read_bytes()
+    path = tmp_path / "cut.npz"
+    path.write_bytes(data[: int(len(data) * cut)])
+    before = _open_fds()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError) as info:
+            load_npz(path)
+        leaked = _open_fds() - before  # while the error (and its traceback) is alive
+        message = str(info.value)
+        del info
+        gc.collect()
+    assert message.startswith(f"load_npz: could not read {str(path)!r}: not a valid .npz file")
+    assert "BadZipFile" in message
+    assert not leaked
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
 
 
 def test_load_npz_two_samples_split_into_one_and_one(tmp_path):
@@ -447,13 +514,21 @@ def test_dataset_is_frozen():
 
 
 def test_dataset_validates_fields():
-    x, y = np.zeros((4, 2), np.float32), np.zeros(4, np.int32)
-    Dataset(x, y, x, y, num_classes=1, name="ok")
+    x, y = np.zeros((4, 2), np.float32), np.array([0, 1, 0, 1], np.int32)
+    Dataset(x, y, x, y, num_classes=2, name="ok")
     with pytest.raises(TypeError, match=r"^Dataset: x_train .*float32.*float64"):
-        Dataset(x.astype(np.float64), y, x, y, num_classes=1, name="bad")
+        Dataset(x.astype(np.float64), y, x, y, num_classes=2, name="bad")
     with pytest.raises(TypeError, match=r"^Dataset: y_test .*int32.*int64"):
-        Dataset(x, y, x, y.astype(np.int64), num_classes=1, name="bad")
+        Dataset(x, y, x, y.astype(np.int64), num_classes=2, name="bad")
     with pytest.raises(ValueError, match=re.escape("x_train.shape=(4, 2) and y_train.shape=(3,)")):
-        Dataset(x, y[:3], x, y, num_classes=1, name="bad")
+        Dataset(x, y[:3], x, y, num_classes=2, name="bad")
     with pytest.raises(ValueError, match=r"^Dataset: y_train labels must lie in \[0, num_classes"):
-        Dataset(x, y + 1, x, y, num_classes=1, name="bad")
+        Dataset(x, y + 1, x, y, num_classes=2, name="bad")
+
+
+@pytest.mark.parametrize("k", [1, 0, True])
+def test_dataset_needs_two_classes(k):
+    x, y = np.zeros((4, 2), np.float32), np.zeros(4, np.int32)
+    pattern = rf"^Dataset: num_classes must be an integer >= 2.*got {k}"
+    with pytest.raises(ValueError, match=pattern):
+        Dataset(x, y, x, y, num_classes=k, name="one")
