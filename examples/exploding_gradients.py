@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from funcgrad import flow
+from funcgrad import experiments, flow
 
 
 def main(out: str | Path | None = None, verbose: bool = True, **settings) -> dict:
@@ -28,13 +28,13 @@ def main(out: str | Path | None = None, verbose: bool = True, **settings) -> dic
     Args:
         out: a directory for the PNG plots (``flow_exploding_*.png``); ``None``: no plots.
         verbose: print the table.
-        **settings: passed to :func:`funcgrad.flow.run_config`.
+        **settings: passed to :func:`funcgrad.experiments.run_config`.
 
     Returns:
         run name -> its numbers (first non-finite step, losses, gradient norms, flags),
         plus ``"plots"``.
     """
-    results = flow.exploding_experiment(**settings)
+    results = experiments.exploding_experiment(**settings)
     numbers: dict = {}
     for r in results:
         loss = r.history.array("loss").astype(np.float64)
@@ -51,7 +51,7 @@ def main(out: str | Path | None = None, verbose: bool = True, **settings) -> dic
         s = results[0].settings
         print(f"{s['depth']}-layer relu MLPs, width {s['width']}, {s['steps']} plain SGD "
               f"steps (batch {s['batch_size']}) on the digits")
-        print(flow.format_exploding_table(results))
+        print(experiments.format_exploding_table(results))
         bad = results[0]
         if bad.first_nonfinite is not None:
             loss = bad.history.array("loss")
@@ -59,11 +59,13 @@ def main(out: str | Path | None = None, verbose: bool = True, **settings) -> dic
             print(f"\n{bad.config.name}: loss per step {shown}, ...")
     numbers["plots"] = []
     if out is not None:
-        paths = flow.plot_if_available({r.config.name: r.history for r in results},
-                                       Path(out) / "flow_exploding", title="exploding gradients")
+        try:
+            paths = flow.plot({r.config.name: r.history for r in results},
+                              Path(out) / "flow_exploding", title="exploding gradients")
+        except ImportError as err:  # the message names the extra to install
+            print(f"skipping the plots: {err}")
+            paths = []
         numbers["plots"] = [str(p) for p in paths]
-        if not paths:
-            print("matplotlib is not installed: skipping the plots (pip install matplotlib)")
         if verbose and numbers["plots"]:
             print("\nwrote " + ", ".join(numbers["plots"]))
     return numbers

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from funcgrad import flow
+from funcgrad import experiments, flow
 
 
 def profile(norms: np.ndarray, width: int = 40) -> list[str]:
@@ -43,14 +43,14 @@ def main(out: str | Path | None = None, verbose: bool = True, **settings) -> dic
     Args:
         out: a directory for the PNG plots (``flow_vanishing_*.png``); ``None``: no plots.
         verbose: print the table and the gradient profiles.
-        **settings: passed to :func:`funcgrad.flow.run_config` (``depth``, ``width``,
+        **settings: passed to :func:`funcgrad.experiments.run_config` (``depth``, ``width``,
             ``steps``, ``batch_size``, ``seed``).
 
     Returns:
         network name -> its numbers (ratios, flags, losses, saturation, per-layer norms),
         plus ``"plots"``: the PNG paths (empty without ``out`` or matplotlib).
     """
-    results = flow.vanishing_experiment(**settings)
+    results = experiments.vanishing_experiment(**settings)
     numbers: dict = {}
     for r in results:
         numbers[r.config.name] = {
@@ -70,17 +70,19 @@ def main(out: str | Path | None = None, verbose: bool = True, **settings) -> dic
         s = results[0].settings
         print(f"{s['depth']}-layer MLPs, width {s['width']}, {s['steps']} plain SGD steps "
               f"(batch {s['batch_size']}) on the digits; statistics on a fixed probe batch")
-        print(flow.format_vanishing_table(results))
+        print(experiments.format_vanishing_table(results))
         for r in results[:2] + results[3:4]:
             print(f"\ngradient norm per layer at init: {r.config.name}")
             print("\n".join(profile(r.init["grad_norm"])))
     numbers["plots"] = []
     if out is not None:
-        paths = flow.plot_if_available({r.config.name: r.history for r in results},
-                                       Path(out) / "flow_vanishing", title="vanishing gradients")
+        try:
+            paths = flow.plot({r.config.name: r.history for r in results},
+                              Path(out) / "flow_vanishing", title="vanishing gradients")
+        except ImportError as err:  # the message names the extra to install
+            print(f"skipping the plots: {err}")
+            paths = []
         numbers["plots"] = [str(p) for p in paths]
-        if not paths:
-            print("matplotlib is not installed: skipping the plots (pip install matplotlib)")
         if verbose and numbers["plots"]:
             print("\nwrote " + ", ".join(numbers["plots"]))
     return numbers
