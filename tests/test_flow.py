@@ -1,5 +1,6 @@
-"""funcgrad.flow: per-layer statistics, flags, saturation, history, plots, find_nonfinite,
-the lesson's experiments, and the `funcgrad flow` / `funcgrad train --flow` commands."""
+"""funcgrad.flow: per-layer statistics, flags, saturation, history, plots, find_nonfinite;
+funcgrad.experiments (the lesson's experiments), and the `funcgrad flow` /
+`funcgrad train --flow` commands."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 import funcgrad as fg
 from conftest import load_example
-from funcgrad import cli, flow, nn, train
+from funcgrad import cli, experiments, flow, nn, train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -92,7 +93,8 @@ def test_layer_stats_overflow_and_nonfinite():
 
 
 def test_layer_stats_mismatched_layers_names_the_argument():
-    with pytest.raises(ValueError, match="'params' has 2 layers; expected 3"):
+    with pytest.raises(ValueError,
+                       match=r"argument 'params' must have 3 layers \(as many as 'grads'\); got 2"):
         flow.layer_stats([1.0, 2.0, 3.0], params=[1.0, 2.0])
 
 
@@ -111,6 +113,125 @@ def test_layer_stats_inside_jit_does_not_retrace():
     assert a["grad_norm"].shape == (3,) and not np.allclose(a["grad_norm"], b["grad_norm"])
     reference = jax.jit(lambda p: train.layer_norms(jax.grad(loss)(p)))(params)
     np.testing.assert_allclose(np.asarray(a["grad_norm"]), np.asarray(reference), rtol=1e-5)
+
+
+def _definition(tree):
+    """What layer_stats reports for one pytree, by definition, in float64 NumPy: per layer
+    (list element / sorted dict key / whole tree) over every float leaf: the norm, mean and
+    max of |x| (nan if the layer holds a nan, else inf if it holds an inf) and the share of
+    exact zeros."""
+    if isinstance(tree, (list, tuple)):
+        layers = list(tree)
+    elif isinstance(tree, dict):
+        layers = [tree[k] for k in sorted(tree)]
+    else:
+        layers = [tree]
+    out = {k: [] for k in ("norm", "mean_abs", "max_abs", "zero_fraction")}
+    for layer in layers:
+        leaves = [np.asarray(v) for v in jax.tree.leaves(layer)]
+        v = np.concatenate([np.ravel(x).astype(np.float64) for x in leaves
+                            if jnp.issubdtype(x.dtype, jnp.inexact)] + [np.zeros(0)])
+        a = np.abs(v)
+        fin = a[np.isfinite(a)]
+        norm = np.sqrt(np.sum(np.square(fin / fin.max()))) * fin.max() if fin.any() else 0.0
+        values = [norm, a.sum() / max(a.size, 1) if a.size else 0.0, a.max(initial=0.0)]
+        if np.isnan(a).any():
+            values = [np.nan] * 3
+        elif np.isinf(a).any():
+            values = [np.inf] * 3
+        for key, value in zip(("norm", "mean_abs", "max_abs"), values, strict=True):
+            out[key].append(value)
+        out["zero_fraction"].append(np.mean(v == 0) if v.size else 0.0)
+    return {k: np.array(v, np.float64) for k, v in out.items()}
+
+
+def test_layer_stats_equal_the_definition_with_nonfinite_huge_and_odd_layers():
+    """Per-layer reductions give what the old segment-sum implementation defined, on a tree
+    with a nan, an inf, float32-overflowing values, an empty layer, an integer leaf and a
+    bfloat16 leaf."""
+    rng = np.random.default_rng(7)
+    grads = _random_tree(rng, zeros=0.25) + [
+        {"w": np.array([3e20, -4e20, 0.0], np.float32)},
+        {"w": rng.standard_normal((3, 2)).astype(np.float32), "count": np.arange(3)},
+        {},
+        {"w": jnp.asarray(rng.standard_normal(5), jnp.bfloat16)},
+        {"w": np.array([1e-25, -3e-25, 0.0, 2e-25], np.float32)},  # squares underflow
+    ]
+    grads[0]["b"][1] = np.nan
+    grads[1]["gamma"][2] = -np.inf
+    params = _random_tree(rng) + [{"w": np.ones(3, np.float32)}, {"w": np.zeros((3, 2))},
+                                  {}, {"w": jnp.ones(5, jnp.bfloat16)}, np.ones(4, np.float32)]
+    updates = _random_tree(rng) + [{"w": np.full(3, 0.5, np.float32)},
+                                   {"w": np.ones((3, 2), np.float32)}, {},
+                                   {"w": jnp.full(5, 0.1, jnp.bfloat16)},
+                                   np.full(4, 1e-30, np.float32)]
+    got = jax.jit(flow.layer_stats)(grads, params, updates)
+    g, p, u = _definition(grads), _definition(params), _definition(updates)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(p["norm"] > 0, u["norm"] / p["norm"], np.nan)
+    expected = {"grad_norm": g["norm"], "grad_mean_abs": g["mean_abs"],
+                "grad_max_abs": g["max_abs"], "grad_zero_fraction": g["zero_fraction"],
+                "param_norm": p["norm"], "update_norm": u["norm"], "update_ratio": ratio}
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert got[key].dtype == jnp.float32, key
+        np.testing.assert_allclose(np.asarray(got[key], np.float64), value, rtol=3e-6,
+                                   err_msg=key)
+    # the cases the tree was built to contain really are there
+    assert np.isnan(expected["grad_norm"][0]) and np.isinf(expected["grad_norm"][1])
+    assert expected["grad_norm"][3] == pytest.approx(5e20)
+    assert np.isnan(expected["update_ratio"][4]) and expected["grad_norm"][5] == 0.0
+    assert 0 < expected["grad_zero_fraction"][2] < 1
+    assert expected["grad_norm"][7] == pytest.approx(np.sqrt(14) * 1e-25)
+    # all finite and the tiny layer alone: the norms come from the plain sum of squares
+    # unless it underflows, which this layer does
+    tiny = flow.layer_stats([jnp.ones(3), jnp.asarray(grads[7]["w"])])["grad_norm"]
+    np.testing.assert_allclose(np.asarray(tiny), [np.sqrt(3), np.sqrt(14) * 1e-25], rtol=2e-6)
+
+
+def test_layer_squares_is_the_one_per_layer_reduction():
+    rng = np.random.default_rng(3)
+    tree = _random_tree(rng, zeros=0.1)
+    expected = [sum(np.sum(np.square(np.asarray(v, np.float64)))
+                    for v in jax.tree.leaves(layer)) for layer in tree]
+    got = jax.jit(flow.layer_squares)(tree)
+    assert got.dtype == jnp.float32 and got.shape == (3,)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=2e-6)
+    np.testing.assert_allclose(np.asarray(flow.layer_norms(tree)), np.sqrt(expected),
+                               rtol=2e-6)
+    # accumulated in float32 even for bfloat16 leaves: 300 ones sum to 300 exactly
+    half = {"b": jnp.ones(300, jnp.bfloat16), "a": {"w": jnp.full((2, 2), 2.0, jnp.bfloat16)}}
+    assert flow.layer_squares(half).dtype == jnp.float32
+    assert flow.layer_squares(half).tolist() == [16.0, 300.0]  # sorted keys: a, b
+    assert flow.layer_squares([{}, jnp.ones(2)]).tolist() == [0.0, 2.0]
+    assert flow.layer_squares([]).shape == (0,)
+    with jax.enable_x64(True):
+        x64 = flow.layer_squares([jnp.full(2, 1e100, jnp.float64)])  # beyond float32
+        assert x64.dtype == jnp.float64 and float(x64[0]) == pytest.approx(2e200)
+
+
+def test_flow_never_imports_training():
+    """Diagnostics import no training code (the experiments live above training)."""
+    import ast
+    import pathlib
+
+    banned = {"train", "nn", "data", "checkpoint", "parallel", "experiments", "cli",
+              "_cli_flow", "_cli_train"}
+    package = pathlib.Path(flow.__file__).parent
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                parts = (node.module or "").split(".")
+                names = {a.name for a in node.names} if node.level == 2 and not node.module \
+                    else set()
+                top = parts[0] if node.level == 2 else None
+                assert top not in banned and not names & banned, (path.name, ast.dump(node))
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) \
+                    else [node.module or ""]
+                for mod in mods:
+                    assert not (mod.startswith("funcgrad.")
+                                and mod.split(".")[1] in banned), (path.name, mod)
 
 
 # ----------------------------------------------------------------------------- diagnose
@@ -144,7 +265,7 @@ def test_diagnose_rejects_bad_input():
         flow.diagnose({"loss": np.array(1.0)})
     with pytest.raises(ValueError, match="1-D"):
         flow.diagnose({"grad_norm": np.ones((2, 3))})
-    with pytest.raises(ValueError, match="vanishing_ratio must be a number > 0"):
+    with pytest.raises(ValueError, match="argument 'vanishing_ratio' must be a number > 0"):
         flow.diagnose({"grad_norm": np.ones(2)}, vanishing_ratio=-1)
 
 
@@ -231,8 +352,36 @@ def test_history_fetch_cadence_single_and_stacked_steps():
     assert encoded["steps"][-1] == 30 and encoded["grad_norm"][3] == [3.0, 6.0]
     with pytest.raises(ValueError, match="leading axis of length 3"):
         h.append({"grad_norm": jnp.ones((2, 2))}, [1, 2, 3])
-    with pytest.raises(KeyError, match="no statistic 'nope'"):
+    with pytest.raises(KeyError, match="must name a recorded statistic.*got 'nope'"):
         h.array("nope")
+
+
+def test_history_nested_records_keep_false_and_json():
+    """What fit needs of the buffer: nested step metrics, K stacked steps, one transfer per
+    log_every steps, records that need not be kept, and JSON output."""
+    seen = []
+    h = flow.History(log_every=4, on_fetch=seen.append, keep=False)
+    metrics = {"loss": jnp.float32(0.5), "flow": {"grad_norm": jnp.array([1.0, jnp.inf])}}
+    h.append(metrics, 0)
+    stacked = {"loss": jnp.arange(3, dtype=jnp.float32),
+               "flow": {"grad_norm": jnp.ones((3, 2))}}
+    h.append(stacked, [1, 2, 3])
+    assert h.fetches == 1 and len(h) == 4 and h.records == []  # not kept
+    (batch,) = seen
+    assert [r["step"] for r in batch] == [0, 1, 2, 3]
+    assert batch[2]["loss"] == 1.0 and batch[2]["flow"]["grad_norm"].tolist() == [1.0, 1.0]
+    assert json.loads(json.dumps(flow.to_jsonable(batch[0]))) == {
+        "step": 0, "loss": 0.5, "flow": {"grad_norm": [1.0, None]}}
+    assert flow.to_jsonable(np.float32(1 / 3), digits=None) == pytest.approx(1 / 3, rel=1e-7)
+    with pytest.raises(ValueError, match=r"entry \['flow'\]\['grad_norm'\] must have a "
+                                         r"leading axis of length 2"):
+        h.append({"flow": {"grad_norm": jnp.ones((3, 2))}}, [4, 5])
+    kept = flow.History(log_every=100)
+    kept.append(metrics, 0)
+    kept.append(stacked, [1, 2, 3])
+    assert kept.array("flow")["grad_norm"].shape == (4, 2)
+    with pytest.raises(ValueError, match="argument 'log_every' must be an int >= 1; got 0"):
+        flow.History(log_every=0)
 
 
 def test_fit_records_flow_on_device_and_fetches_when_it_logs():
@@ -271,6 +420,14 @@ def test_plot_writes_pngs(tmp_path):
     assert [p.name for p in single] == ["flow_heatmap.png", "flow_layers.png", "flow_loss.png"]
     with pytest.raises(ValueError, match="non-empty History"):
         flow.plot(flow.History(), tmp_path)
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    h = flow.History()
+    h.append({"grad_norm": jnp.ones(2)}, 0)
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install -e \"\.\[plot\]\""):
+        flow.plot(h, tmp_path)
 
 
 # ----------------------------------------------------------------------------- experiments
@@ -337,8 +494,8 @@ def test_funcgrad_flow_reproduces_the_lesson(tmp_path, capsys):
     assert report["settings"]["depth"] == 20 and report["thresholds"]["vanishing_ratio"] > 0
     vanishing = {r["config"]["name"]: r for r in report["vanishing"]}
     exploding = {r["config"]["name"]: r for r in report["exploding"]}
-    assert list(vanishing) == [c.name for c in flow.VANISHING_CONFIGS]
-    assert list(exploding) == [c.name for c in flow.EXPLODING_CONFIGS]
+    assert list(vanishing) == [c.name for c in experiments.VANISHING_CONFIGS]
+    assert list(exploding) == [c.name for c in experiments.EXPLODING_CONFIGS]
     for r in report["vanishing"] + report["exploding"]:
         assert len(r["init"]["grad_norm"]) == 20 and len(r["final"]["grad_norm"]) == 20
         assert len(r["history"]["steps"]) == 300
@@ -386,16 +543,3 @@ def test_cli_train_flow_prints_flags_when_they_fire(capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("flow:")]
     assert lines and "vanishing in layers 0-" in lines[0]
     assert len(lines) == len(set(lines))  # printed when the flags change, not every fetch
-
-
-def test_layer_stats_large_model_path_agrees(monkeypatch):
-    rng = np.random.default_rng(2)
-    grads, params, updates = (_random_tree(rng, zeros=0.2) for _ in range(3))
-    grads[1]["b"][0] = np.inf
-    small = jax.jit(flow.layer_stats)(grads, params, updates)
-    monkeypatch.setattr(flow, "_SEGMENT_LIMIT", 10)  # reduce layer by layer instead
-    large = jax.jit(flow.layer_stats)(grads, params, updates)
-    for key in small:
-        np.testing.assert_allclose(np.asarray(large[key]), np.asarray(small[key]), rtol=1e-6,
-                                   err_msg=key)
-    assert math.isinf(float(small["grad_norm"][1]))
