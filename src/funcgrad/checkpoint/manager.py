@@ -59,6 +59,25 @@ def _filesystem_cause(e: BaseException) -> OSError | None:
     return None
 
 
+def _json_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    try:
+        return json.loads(json.dumps(dict(metadata or {})))
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            "CheckpointManager.save: argument 'metadata' must be JSON-serialisable; "
+            f"got {sanitize(e)}"
+        ) from e
+
+
+def _save_error(directory: Path, step: int, e: BaseException, cause: OSError) -> CheckpointError:
+    hint = "; free some disk space" if cause.errno == errno.ENOSPC else ""
+    return CheckpointError(
+        f"CheckpointManager.save: could not write the checkpoint of step {step} to "
+        f"{str(directory)!r}: {sanitize(e)}; the partial save was removed and "
+        f"older checkpoints are kept{hint}"
+    )
+
+
 class CheckpointManager:
     """Saves, retains and restores training-state checkpoints with integrity checks.
 
@@ -314,13 +333,7 @@ class CheckpointManager:
             )
         if not force and not self.should_save(step, previous_step):
             return False
-        try:
-            metadata = json.loads(json.dumps(dict(metadata or {})))
-        except (TypeError, ValueError) as e:
-            raise TypeError(
-                "CheckpointManager.save: argument 'metadata' must be JSON-serialisable; "
-                f"got {sanitize(e)}"
-            ) from e
+        metadata = _json_metadata(metadata)
         if not self._steps.make_room(step):
             return False
         leaves = leaf_records(state)  # hashed before orbax sees the state
@@ -333,12 +346,7 @@ class CheckpointManager:
             cause = _filesystem_cause(e) if isinstance(e, Exception) else None
             if cause is None:
                 raise
-            hint = "; free some disk space" if cause.errno == errno.ENOSPC else ""
-            raise CheckpointError(
-                f"CheckpointManager.save: could not write the checkpoint of step {step} to "
-                f"{str(self.directory)!r}: {sanitize(e)}; the partial save was removed and "
-                f"older checkpoints are kept{hint}"
-            ) from e
+            raise _save_error(self.directory, step, e, cause) from e
         # The record was just built from these very files: cache the verdict rather than
         # hashing everything a second time.
         self._steps.mark_good(step)
