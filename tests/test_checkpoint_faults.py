@@ -11,6 +11,8 @@ import logging
 import os
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -293,3 +295,51 @@ def test_zeroed_metadata_file_logs_no_nul_bytes(tmp_path, caplog, capfd):
 def test_sanitize_keeps_messages_printable():
     assert ckpt.errors.sanitize("a\x00b\n\tc\x1b[31m") == "a\\x00b c\\x1b[31m"
     assert ckpt.errors.sanitize("x" * 50, limit=10) == "x" * 10 + "..."
+
+
+# ------------------------------------------------------------------ kill -9 mid-save
+
+_WRITER = """
+import sys
+import jax.numpy as jnp
+from funcgrad.checkpoint import CheckpointManager
+
+def state(step):
+    return {"w": jnp.arange(6.0).reshape(2, 3) + step, "n": jnp.int32(step)}
+
+with CheckpointManager(sys.argv[1], keep=2, every=1) as m:
+    _, start = m.resume(state(0))
+    step = start or 0
+    while True:
+        step += 1
+        m.save(step, state(step))
+        print(step, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_save_loses_nothing_and_unlocks(tmp_path):
+    directory = tmp_path / "ck"
+    last = 0
+    for delay in (0.0, 0.07):  # the second writer resumes after the first is killed
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(directory)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        try:
+            for _ in range(3):
+                last = int(proc.stdout.readline())
+            time.sleep(delay)
+        finally:
+            proc.kill()
+            proc.wait()
+        with ckpt.CheckpointManager(directory, keep=2, every=1) as m:  # the lock is free
+            leftovers = [p.name for p in directory.iterdir()
+                         if p.name.startswith(".funcgrad-deleting-")]
+            assert leftovers == []
+            assert all(s > last for s in m.unusable_steps())  # only a save in flight
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ckpt.CheckpointWarning)
+                got, step = m.restore({"w": STATE["w"], "n": jnp.int32(0)})
+        assert step >= last
+        assert float(got["w"][0, 0]) == step and int(got["n"]) == step
