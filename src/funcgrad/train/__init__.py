@@ -11,13 +11,13 @@
   metrics fetched every ``log_every`` steps, checkpoints, data parallelism.
 """
 
+from ..flow.stats import layer_norms
 from ._loop import FitConfig, FitHooks, FitResult, fit
 from ._optimizer import CLIPPED_NORM, clipped_grad_norm, measure_clipped_norm, optimizer
 from ._step import (
     TrainState,
     classification_loss,
     init_state,
-    layer_norms,
     make_eval,
     make_fused_steps,
     make_train_step,

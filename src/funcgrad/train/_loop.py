@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..flow.history import History
 from ._step import (
     TrainState,
     classification_loss,
@@ -135,14 +136,8 @@ def _epoch_batches(key: np.ndarray, epoch: int, n: int, batch_size: int) -> np.n
     return np.resize(perm, steps * batch_size).reshape(steps, batch_size)  # cyclic padding
 
 
-def _host_record(pending: list[dict[str, Any]]) -> dict[str, Any]:
-    fetched = jax.device_get(pending)
-    rows: list[dict[str, np.ndarray]] = []
-    for m in fetched:  # single steps have scalar metrics, fused ones a leading K axis
-        if np.ndim(m["loss"]) == 0:
-            rows.append(m)
-        else:
-            rows += [{k: v[i] for k, v in m.items()} for i in range(len(m["loss"]))]
+def _host_record(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One logged record from the host records of the steps since the last one."""
     last = rows[-1]
     finite = [bool(r["finite"]) for r in rows]
     good = [r for r in rows if bool(r["finite"])] or rows
@@ -173,11 +168,13 @@ class _Run:
         self.n = len(self.x)
         self.steps_per_epoch = math.ceil(self.n / cfg.batch_size)
         self.total = cfg.epochs * self.steps_per_epoch
-        self.step = self.last_logged = int(jax.device_get(state.step))
+        self.step = int(jax.device_get(state.step))
         self.key = np.asarray(jax.device_get(state.key))  # the state is donated each step
         self.history: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
-        self.pending: list[dict[str, Any]] = []
+        # the one device-to-host buffer: step metrics stay on the device until it fetches
+        self.buffer = History(log_every=cfg.log_every, keep=False, on_fetch=self._logged)
+        self.record: dict[str, Any] | None = None  # the newest record, until taken
         self._order: tuple[int, np.ndarray] | None = None
         self.t0 = time.perf_counter()
 
@@ -197,17 +194,25 @@ class _Run:
             return 1, self.put_batch((self.x[rows[0]], self.y[rows[0]], weights[0]), 0)
         return k, self.put_batch((self.x[rows], self.y[rows], weights), 1)
 
-    def flush(self) -> dict[str, Any] | None:
-        if not self.pending:
-            return None
-        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
-                  **_host_record(self.pending), "wall_seconds": time.perf_counter() - self.t0}
-        self.pending, self.last_logged = [], self.step
+    def _logged(self, rows: list[dict[str, Any]]) -> None:
+        step = rows[-1]["step"] + 1  # steps done after the last fetched one
+        self.record = {"step": step, "epoch": step / self.steps_per_epoch,
+                       **_host_record(rows), "wall_seconds": time.perf_counter() - self.t0}
         if self.hooks.flow is not None:
             self.hooks.flow.fetch()
-        self.history.append(record)
+        self.history.append(self.record)
         if self.hooks.on_log is not None:
-            self.hooks.on_log(record)
+            self.hooks.on_log(self.record)
+
+    def log(self, metrics: dict[str, Any], k: int) -> dict[str, Any] | None:
+        """Buffer one dispatch's metrics; the record if this dispatch fetched them."""
+        if self.hooks.flow is not None:  # stays on the device until the next fetch
+            self.hooks.flow.append(metrics.pop("flow"),
+                                   self.step if k == 1 else range(self.step, self.step + k))
+        self.buffer.append(metrics, self.step if k == 1 else range(self.step, self.step + k))
+        if self.step + k == self.total:
+            self.buffer.fetch()
+        record, self.record = self.record, None
         return record
 
     def evaluate(self, eval_fn: Callable, data: tuple[np.ndarray, np.ndarray] | None,
@@ -316,14 +321,8 @@ def fit(
     while run.step < run.total:
         k, batch = run.next_batch(fused_fn is not None)
         run.state, metrics = (step_fn if k == 1 else fused_fn)(run.state, batch)
-        if hooks.flow is not None:  # stays on the device until the next fetch
-            hooks.flow.append(metrics.pop("flow"),
-                              run.step if k == 1 else range(run.step, run.step + k))
-        run.pending.append(metrics)
+        record = run.log(metrics, k)
         before, run.step = run.step, run.step + k
-        record = None
-        if run.step - run.last_logged >= cfg.log_every or run.step == run.total:
-            record = run.flush()
         if checkpoints is not None and checkpoints.should_save(run.step, previous_step=before):
             checkpoints.save(run.step, run.state)
         done_epoch, pos = divmod(run.step, run.steps_per_epoch)
@@ -331,7 +330,7 @@ def fit(
             run.evaluate(eval_fn, held_out, done_epoch)
         if hooks.progress is not None:
             hooks.progress(run.step, run.total, record)
-    run.flush()
+    run.buffer.fetch()
     if held_out is not None and (not run.evals or run.evals[-1]["step"] != run.step):
         run.evaluate(eval_fn, held_out, run.step // run.steps_per_epoch)
     if checkpoints is not None and run.step > 0 and checkpoints.latest_step() != run.step:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import primitives as P
+from ..flow.stats import layer_squares as _layer_squares
 from ._optimizer import clipped_grad_norm
 
 __all__ = [
@@ -17,7 +18,6 @@ __all__ = [
     "TrainState",
     "classification_loss",
     "init_state",
-    "layer_norms",
     "make_eval",
     "make_fused_steps",
     "make_train_step",
@@ -81,40 +81,6 @@ def classification_loss(apply_fn: Callable[[Any, jax.Array], jax.Array]) -> Call
         correct = jnp.sum(jnp.where(jnp.argmax(logits, axis=-1) == y, w, 0.0))
         return loss, {"correct": correct, "count": count}
     return loss_fn
-
-
-def _layers(tree: Any) -> list[Any]:
-    if isinstance(tree, (list, tuple)):
-        return list(tree)
-    if isinstance(tree, dict):
-        return [tree[k] for k in sorted(tree)]
-    return [tree]
-
-
-def _layer_squares(tree: Any) -> jax.Array:
-    """Sum of squares of each layer's leaves: the one reduction every norm is built from."""
-    return jnp.stack([sum((jnp.sum(jnp.square(x)) for x in jax.tree.leaves(part)),
-                          start=jnp.zeros((), jnp.float32)) for part in _layers(tree)])
-
-
-def layer_norms(tree: Any) -> jax.Array:
-    """L2 norm of each layer of a parameter-shaped pytree.
-
-    A list or tuple gives one norm per element; a dict one per key (sorted); anything
-    else a single norm.
-
-    Args:
-        tree: gradients, parameters or updates.
-
-    Returns:
-        A 1-D array of norms.
-
-    Examples:
-        >>> import jax.numpy as jnp
-        >>> layer_norms([{"w": jnp.array([3.0, 4.0])}, {"w": jnp.ones(4)}]).tolist()
-        [5.0, 2.0]
-    """
-    return jnp.sqrt(_layer_squares(tree))
 
 
 def _accuracy(aux: Any) -> jax.Array:
