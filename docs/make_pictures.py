@@ -23,7 +23,7 @@ def _example(name: str):
 
 def graphs() -> list[pathlib.Path]:
     """The lesson's three graphs, as SVG."""
-    from funcgrad.graph import lesson_graph
+    from funcgrad.explain import lesson_graph
 
     return [lesson_graph(name).render(IMG / f"{name}.svg") for name in
             ("graph", "backprop", "pytorch")]

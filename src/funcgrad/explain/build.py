@@ -12,7 +12,9 @@ How it works:
 2. The function is evaluated again by the walker with a zero "probe" added to every node's
    output; ``jax.grad`` with respect to the probes gives ``dL/dnode`` for every node at
    once: exactly the adjoints that backpropagation computes, through the primitives' own
-   hand-written rules.
+   hand-written rules. Forward and backward are compiled as one XLA program: one
+   compilation costs less than running (and compiling) every operation eagerly, so a
+   20-layer MLP's graph builds in under a second.
 """
 
 from __future__ import annotations
@@ -31,11 +33,6 @@ from .tracing import Program, evaluate, is_float, record
 from .values import aval_str, fmt_num
 
 __all__ = ["explain"]
-
-#: Programs up to this many equations are compiled as one XLA program; longer ones run
-#: op by op, whose executables JAX caches across calls (deep nets repeat a few shapes).
-_JIT_MAX_EQNS = 32
-
 
 def explain(
     fn: Callable[..., Any],
@@ -188,8 +185,7 @@ def _build_graph(closed: Any, prog: Program, leaves: list[Any], leaf_names: list
                                                               for o in prog.steps[k].outs))
                  if is_float(prog.avals[i])]
     keep = set(prog.in_ids) | set(used_consts) | visible_out
-    values, grads = evaluate(closed, prog, leaves, probe_ids, keep,
-                             jit=len(prog.steps) <= _JIT_MAX_EQNS)
+    values, grads = evaluate(closed, prog, leaves, probe_ids, keep)
 
     taken: set[str] = set()
     nodes_by_id = _source_nodes(prog, leaves, leaf_names, used_consts, values, grads, taken)

@@ -5,9 +5,10 @@
    constants and literals it meets. Each step knows whether it is a funcgrad primitive
    (by its ``funcgrad.<name>`` scope, through the walker) and its local derivative's
    formula (from the registry for primitives, :mod:`.formulas` otherwise).
-2. :func:`evaluate` walks again with real values, inside ``jax.value_and_grad``: a zero
-   "probe" is added to every displayed value, so the gradient with respect to the probes
-   is ``dL/dnode`` for every node at once, through the primitives' own backward rules.
+2. :func:`evaluate` walks again with real values, inside one jitted
+   ``jax.value_and_grad``: a zero "probe" is added to every displayed value, so the
+   gradient with respect to the probes is ``dL/dnode`` for every node at once, through
+   the primitives' own backward rules.
 
 Dtype casts that a primitive's public function emits before its ``custom_vjp`` call are
 *hidden*: a ``convert_element_type`` whose every consumer is a funcgrad primitive (or
@@ -199,7 +200,7 @@ class _Evaluator(_jaxpr.Visitor):
 
 
 def evaluate(closed: Any, prog: Program, leaves: Sequence[Any], probe_ids: Sequence[int],
-             keep: set[int], jit: bool) -> tuple[dict[int, Any], dict[int, Any]]:
+             keep: set[int]) -> tuple[dict[int, Any], dict[int, Any]]:
     """Run forward and backward: the kept values, and the gradient of every probed id.
 
     Args:
@@ -208,7 +209,6 @@ def evaluate(closed: Any, prog: Program, leaves: Sequence[Any], probe_ids: Seque
         leaves: the flattened arguments.
         probe_ids: the ids to take ``dL/d(value)`` for (float values only).
         keep: the ids whose values to return.
-        jit: compile forward and backward as one XLA program.
 
     Returns:
         ``(values, grads)``: id -> value for ``keep``, id -> gradient for ``probe_ids``.
@@ -220,8 +220,8 @@ def evaluate(closed: Any, prog: Program, leaves: Sequence[Any], probe_ids: Seque
         return out, ev.values
 
     zeros = {i: np.zeros(prog.avals[i].shape, prog.avals[i].dtype) for i in probe_ids}
-    forward_backward: Callable[..., Any] = jax.value_and_grad(run, has_aux=True)
-    if jit:
-        forward_backward = jax.jit(forward_backward)
+    # One XLA program for forward and backward: one compilation (~0.5 s for a 20-layer
+    # MLP) beats compiling and dispatching every operation eagerly (~3 s).
+    forward_backward: Callable[..., Any] = jax.jit(jax.value_and_grad(run, has_aux=True))
     (_, values), grads = forward_backward(zeros, list(leaves))
     return values, grads
