@@ -23,9 +23,12 @@ pytest.importorskip("orbax.checkpoint")
 optax = pytest.importorskip("optax")
 
 from funcgrad import checkpoint as ckpt  # noqa: E402
-from funcgrad.checkpoint import CheckpointManager, CheckpointWarning  # noqa: E402
+from funcgrad.checkpoint import (  # noqa: E402
+    CheckpointManager,
+    CheckpointWarning,
+    integrity,
+)
 from funcgrad.checkpoint import directory as ckdir  # noqa: E402
-from funcgrad.checkpoint import integrity  # noqa: E402
 
 
 @dataclasses.dataclass

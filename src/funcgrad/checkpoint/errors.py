@@ -58,9 +58,9 @@ class CheckpointLocked(CheckpointError):
         self.pid = pid
         holder = f"process {pid}" if pid is not None else "another process"
         super().__init__(
-            f"CheckpointManager: checkpoint directory {self.directory!r} is locked by "
-            f"{holder}; two runs must not share a checkpoint directory (wait for that run "
-            "to finish, or choose another directory)"
+            "CheckpointManager: argument 'directory' must not be in use by another run; "
+            f"expected an unlocked directory, got {self.directory!r} locked by {holder} "
+            "(wait for that run to finish, or choose another directory)"
         )
 
 
