@@ -4,8 +4,9 @@ The browser is Debian's ``chromium`` (``.ci/run`` installs it) driven by playwri
 package; no browser is ever downloaded. The browser tests skip, with the reason, only when
 no Chromium can be found.
 
-Regenerate the docs screenshot with
-``FUNCGRAD_DOCS_SCREENSHOT=1 pytest tests/test_html.py -k screenshot``.
+Regenerate the docs' live page (docs/lesson_graph.html) and screenshot
+(docs/img/lesson_backward.png) with
+``FUNCGRAD_REGENERATE_DOCS=1 pytest tests/test_html.py -k docs``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 
 import funcgrad as fg
 from funcgrad.explain import lesson_graph
-from funcgrad.explain.html import layered_layout, page_data, repr_html, to_html
+from funcgrad.explain.html import layered_layout, lesson_html, page_data, repr_html, to_html
 from funcgrad.registry import PRIMITIVES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -121,6 +122,17 @@ def test_writes_the_file_and_a_notebook_frame(lesson, tmp_path):
     assert "<title>Lesson &lt;1&gt;</title>" in page
     frame = repr_html(lesson)
     assert frame.startswith("<iframe srcdoc=") and "&lt;!DOCTYPE html&gt;" in frame
+
+
+def test_docs_live_page_is_current():
+    path = ROOT / "docs" / "lesson_graph.html"
+    page = lesson_html("backprop")
+    if os.environ.get("FUNCGRAD_REGENERATE_DOCS"):
+        path.write_text(page, encoding="utf-8")
+    assert path.read_text(encoding="utf-8") == page, (
+        "docs/lesson_graph.html is stale: regenerate it with "
+        "FUNCGRAD_REGENERATE_DOCS=1 pytest tests/test_html.py -k docs")
+    assert "w_new = 3 − 0.1·16 = 1.4" in page and "x_new" not in page  # the lesson updates w
 
 
 def test_deep_graph_opens_collapsed_by_layer(deep, deep_page):
@@ -255,7 +267,9 @@ def test_left_key_steps_back(open_page, lesson_page):
 
 def test_play_animates_to_the_end(open_page, lesson_page):
     page = open_page(lesson_page)
-    page.page.evaluate("document.getElementById('fg-play').click()")
+    page.page.evaluate("fgPlayer.interval = 60")
+    page.page.click("#fg-play")
+    assert page.page.inner_text("#fg-play") == "❚❚ pause"
     page.page.wait_for_function("fgPlayer.step() === fgPlayer.steps - 1", timeout=15_000)
     assert _number(page.texts()["w"]["upd"]) == "1.4"
 
@@ -308,13 +322,13 @@ def test_deep_page_opens_collapsed_expands_and_is_fast(open_page, deep_page):
     assert _number(page.texts()["params[0].w"]["grad"]) != ""
 
 
-def test_lesson_screenshot(open_page, lesson_page, tmp_path):
+def test_docs_screenshot(open_page, lesson_page, tmp_path):
     page = open_page(lesson_page)
     while page.step() < page.page.evaluate("fgPlayer.steps") - 2:  # end of backward pass
         page.page.keyboard.press("ArrowRight")
     page.panel("y")
     out = ROOT / "docs" / "img" / "lesson_backward.png" \
-        if os.environ.get("FUNCGRAD_DOCS_SCREENSHOT") else tmp_path / "lesson_backward.png"
+        if os.environ.get("FUNCGRAD_REGENERATE_DOCS") else tmp_path / "lesson_backward.png"
     page.page.set_viewport_size({"width": 1420, "height": 470})
     page.page.screenshot(path=str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000

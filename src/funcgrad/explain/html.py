@@ -35,10 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from .lesson import LESSON_EXAMPLES, lesson_graph
 from .model import GraphModel, Node
 from .values import fmt_num, short
 
-__all__ = ["layered_layout", "page_data", "repr_html", "to_html"]
+__all__ = ["layered_layout", "lesson_html", "page_data", "repr_html", "to_html"]
 
 _HIST_BINS = 12
 _CHAR_W, _NODE_H, _PAD = 7.2, 64, 14  # px per character, node height, padding
@@ -154,12 +155,13 @@ def _width(*texts: str) -> int:
 class _Builder:
     """Turns a graph into the page's data: nodes, groups, edges and player steps."""
 
-    def __init__(self, g: GraphModel, learning_rate: float, update: Iterable[str] | None,
+    def __init__(self, g: GraphModel, learning_rate: float | None,
+                 update: Iterable[str] | None,
                  taps: Mapping[str, Any] | None) -> None:
         self.g, self.lr, self.taps = g, learning_rate, taps
         self.ids = {id(n): f"n{k}" for k, n in enumerate(g.all_nodes)}
         self.loss = g.loss_name
-        self.new = g.sgd_update(learning_rate, update)
+        self.new = {} if learning_rate is None else g.sgd_update(learning_rate, update)
         self.edges = [(i, n) for n in g.all_nodes for i in dict.fromkeys(n.inputs)]
         self.edge_ix = {(id(i), id(n)): k for k, (i, n) in enumerate(self.edges)}
 
@@ -274,14 +276,14 @@ def _inner_layout(members: Sequence[dict[str, Any]], preds: Mapping[str, Sequenc
     return x - _GAP_X * 0.6, height
 
 
-def page_data(graph: GraphModel, *, learning_rate: float = 0.1,
+def page_data(graph: GraphModel, *, learning_rate: float | None = 0.1,
               update: Iterable[str] | None = None, taps: Mapping[str, Any] | None = None,
               collapse: bool | None = None, max_nodes: int = 40) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready data (nodes, groups, edges, steps).
 
     Args:
         graph: the graph.
-        learning_rate: the step size of the update shown last.
+        learning_rate: the step size of the update shown last (``None``: no update).
         update: the inputs to update (default every input with a gradient).
         taps: node name -> gradient-tap record (a mapping or an object with ``norm``,
             ``max_abs``, ``nonfinite``, ``zero_fraction``, ``first_nonfinite``).
@@ -347,7 +349,7 @@ def _asset(name: str) -> str:
 
 
 def to_html(graph: GraphModel, path: str | os.PathLike[str] | None = None, *,
-            learning_rate: float = 0.1, taps: Mapping[str, Any] | None = None,
+            learning_rate: float | None = 0.1, taps: Mapping[str, Any] | None = None,
             title: str | None = None, update: Iterable[str] | None = None,
             collapse: bool | None = None, max_nodes: int = 40) -> str:
     """The graph as one self-contained HTML page with a step-through backprop player.
@@ -361,7 +363,7 @@ def to_html(graph: GraphModel, path: str | os.PathLike[str] | None = None, *,
     Args:
         graph: the graph (:func:`funcgrad.explain`).
         path: if given, also write the page to this file.
-        learning_rate: the step size of the update shown last.
+        learning_rate: the step size of the update shown last (``None``: no update step).
         taps: node name -> gradient-tap record (``norm``, ``max_abs``, ``nonfinite``,
             ``zero_fraction``, ``first_nonfinite``), shown in the node's panel.
         title: the page title (default from the function's name).
@@ -403,3 +405,28 @@ def repr_html(graph: GraphModel, height: int = 560) -> str:
     doc = html.escape(to_html(graph), quote=True)
     return (f'<iframe srcdoc="{doc}" style="width:100%;height:{height}px;border:0" '
             'sandbox="allow-scripts"></iframe>')
+
+
+def lesson_html(example: str = "backprop", path: str | os.PathLike[str] | None = None
+                ) -> str:
+    """The page of one of the lesson's worked examples, with the lesson's update step.
+
+    Args:
+        example: a name from :data:`funcgrad.explain.LESSON_EXAMPLES` (default
+            ``"backprop"``: ``L = (x·w − target)²`` at x=2, w=3, target=2).
+        path: if given, also write the page to this file.
+
+    Returns:
+        The HTML text.
+
+    Raises:
+        ValueError: for an unknown example name.
+
+    Examples:
+        >>> "w_new = 3 − 0.1·16 = 1.4" in lesson_html("backprop")
+        True
+    """
+    g = lesson_graph(example)
+    ex = LESSON_EXAMPLES[example]
+    return to_html(g, path, learning_rate=ex.learning_rate, update=ex.update,
+                   title=f"funcgrad: {ex.title}")

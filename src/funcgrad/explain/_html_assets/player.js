@@ -97,6 +97,9 @@
   function draw(width, height) {
     svg.setAttribute("width", width); svg.setAttribute("height", height);
     svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+    var avail = document.getElementById("fg-canvas").clientWidth - 20;
+    svg.style.maxWidth = width * 0.6 <= avail ? "100%" : "none";  // shrink a bit to fit
+    svg.style.minWidth = Math.round(width * 0.6) + "px";
     D.groups.forEach(function (g) {
       els[g.id].box.classList.toggle("hidden", !g.collapsed);
       els[g.id].frame.classList.toggle("hidden", g.collapsed);
@@ -176,7 +179,7 @@
     if (timer) return stop();
     if (step === D.steps.length - 1) go(0);
     document.getElementById("fg-play").textContent = "❚❚ pause";
-    timer = setInterval(function () { go(step + 1); }, 900);
+    timer = setInterval(function () { go(step + 1); }, window.fgPlayer.interval);
   }
   function toggle(gid) {
     groups[gid].collapsed = !groups[gid].collapsed;
@@ -273,5 +276,6 @@
   layout();
   go(0);
   window.fgPlayer = { go: go, step: function () { return step; }, steps: D.steps.length,
-                      toggle: toggle, setupMs: performance.now() - t0 };
+                      toggle: toggle, interval: 900,
+                      setupMs: performance.now() - t0 };
 })();
