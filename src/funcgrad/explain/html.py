@@ -164,17 +164,35 @@ class _Builder:
         self.new = {} if learning_rate is None else g.sgd_update(learning_rate, update)
         self.edges = [(i, n) for n in g.all_nodes for i in dict.fromkeys(n.inputs)]
         self.edge_ix = {(id(i), id(n)): k for k, (i, n) in enumerate(self.edges)}
+        self._shares: dict[tuple[int, int], tuple[Any, Any]] = {}
 
     def d(self, n: Node) -> str:
         return f"d{self.loss}/d{n.name}"
 
+    def contribution(self, src: Node, dst: Node) -> tuple[Any, Any]:
+        """``src``'s share of its gradient through ``dst``, and ``∂dst/∂src`` for scalars.
+
+        Returns:
+            (share or ``None`` where it cannot be separated, local derivative or ``None``).
+        """
+        key = (id(src), id(dst))
+        if key not in self._shares:
+            ks = [k for k, i in enumerate(dst.inputs) if i is src]
+            parts = [dst.local[k] for k in ks] if dst.local is not None else [None]
+            if _is_scalar(dst.grad) and all(_is_scalar(p) for p in parts):
+                local = np.sum(np.asarray(parts, dtype=np.asarray(dst.grad).dtype))
+                self._shares[key] = (np.asarray(dst.grad) * local, local)
+            elif len(ks) == 1 or len(self.g.consumers(src)) == 1:
+                self._shares[key] = (self.g.edge_grad(src, dst), None)
+            else:  # used twice by dst and by other nodes: the share needs every position
+                self._shares[key] = (None, None)
+        return self._shares[key]
+
     def share(self, src: Node, dst: Node) -> tuple[str, str]:
         """The chain-rule product on the edge ``src -> dst``: (symbols, numbers)."""
-        k = next(k for k, i in enumerate(dst.inputs) if i is src)
         sym = f"{self.d(dst)} × ∂{dst.name}/∂{src.name}"
-        contrib = self.g.edge_grad(src, dst)
-        local = dst.local[k] if dst.local is not None else None
-        if _is_scalar(dst.grad) and _is_scalar(local) and _is_scalar(contrib):
+        contrib, local = self.contribution(src, dst)
+        if local is not None:
             return sym, f"{fmt_num(dst.grad)} × {fmt_num(local)} = {fmt_num(contrib)}"
         return sym, "VJP = " + ("share not separable" if contrib is None else short(contrib))
 
@@ -184,7 +202,7 @@ class _Builder:
         total = fmt_num(n.grad) if _is_scalar(n.grad) else short(n.grad)
         cons = self.g.consumers(n)
         if len(cons) > 1 and _is_scalar(n.grad):
-            parts = [self.g.edge_grad(n, c) for c in cons]
+            parts = [self.contribution(n, c)[0] for c in cons]
             if all(_is_scalar(p) for p in parts):
                 return f"{self.d(n)} = {' + '.join(fmt_num(p) for p in parts)} = {total}"
         return f"{self.d(n)} = {total}"
@@ -239,7 +257,8 @@ class _Builder:
                     continue
                 k = self.edge_ix[(id(i), id(n))]
                 sym, num = self.share(i, n)
-                step = {"t": f"Backward: {sym} = {num}", "e": [k], "f": [ids[id(i)]]}
+                rule = f"   [{n.op}: {_formula(n)}]" if _formula(n) else ""
+                step = {"t": f"Backward: {sym} = {num}{rule}", "e": [k], "f": [ids[id(i)]]}
                 pending[id(i)] -= 1
                 if pending[id(i)] == 0 and i is not out:
                     step["g"] = [ids[id(i)]]
