@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import funcgrad as fg
+from funcgrad.cli import main
 
 
 def test_matmul_shape_mismatch_names_both_shapes():
@@ -74,3 +78,45 @@ def test_reduction_axis_out_of_range():
 def test_integer_inputs_promote_to_float():
     assert fg.add(1, 2).dtype == jnp.float32
     assert fg.exp(jnp.arange(3)).dtype == jnp.float32
+
+
+# ------------------------------------------------------------------- command line
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--seed", "99999999999999999999"], "--seed must be in [0, 4294967295]"),
+    (["train", "--seed", "-1"], "--seed must be in [0, 4294967295]"),
+    (["flow", "--seed", "1e3"], "--seed must be an integer; got '1e3'"),
+    (["explain", "--learning-rate", "nan"], "--learning-rate must be a finite number; got nan"),
+    (["train", "--lr", "inf"], "--lr must be a finite number > 0; got inf"),
+    (["train", "--momentum", "1"], "--momentum must be in [0, 1); got 1"),
+])
+def test_cli_rejects_bad_numbers_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["train", "--epochs", "1"], ["flow", "--quick"]])
+def test_cli_out_that_is_a_file_fails_before_any_work(command, tmp_path, capsys):
+    existing = tmp_path / "taken"
+    existing.write_text("mine")
+    t0 = time.perf_counter()
+    assert main([*command, "--out", str(existing)]) == 2
+    assert time.perf_counter() - t0 < 10  # refused up front, not after training
+    err = capsys.readouterr().err
+    assert f"funcgrad {command[0]}: error: --out must be a directory; got '{existing}'" in err
+    assert existing.read_text() == "mine"
+
+
+# ------------------------------------------------------------------------- fit
+def test_fit_rejects_negative_labels_and_unknown_options():
+    params = fg.nn.init_mlp(jax.random.PRNGKey(0), [2, 3])
+    x, y = np.zeros((4, 2), np.float32), np.array([0, 1, -1, 2])
+    apply_fn = fg.nn.mlp
+    with pytest.raises(ValueError, match="fit: argument 'train' labels y must be class "
+                                         "indices >= 0; got -1"):
+        fg.fit(params, (x, y), apply_fn=apply_fn, tx=fg.optimizer(0.1))
+    with pytest.raises(TypeError, match="fit: unexpected keyword argument 'epoch'"):
+        fg.fit(params, (x, abs(y)), apply_fn=apply_fn, tx=fg.optimizer(0.1), epoch=2)
+    with pytest.raises(TypeError, match="fit: argument 'apply_fn'.*or 'loss_fn' is required"):
+        fg.fit(params, (x, abs(y)), tx=fg.optimizer(0.1))

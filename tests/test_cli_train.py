@@ -95,3 +95,36 @@ def test_default_run_reaches_97_percent_quickly(tmp_path, capsys):
     assert summary["test_accuracy"] >= 0.97
     assert summary["wall_seconds"] < 60
     assert summary["config"]["clip_norm"] == 1.0 and not summary["config"]["no_clip_norm"]
+
+
+def _strict(text):
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_diverged_run_writes_strict_json(tmp_path, capsys):
+    """NaN is not JSON: non-finite numbers are written as null (strict parsers accept it)."""
+    out = tmp_path / "run"
+    assert main(["train", "--lr", "1e6", "--no-clip-norm", "--epochs", "1", "--hidden", "8",
+                 "--batch-size", "256", "--log-every", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    records = [_strict(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    summary = _strict((out / "summary.json").read_text())
+    assert any(r["train_loss"] is None for r in records) or summary["train_loss"] is None
+    assert summary["skipped_steps"] > 0
+
+
+@pytest.mark.parametrize("flag,words", [
+    ("--batch-size", "(default 32)"), ("--epochs", "(default 30)"), ("--seed", "(default 0)"),
+    ("--activation", "(default relu)"), ("--init", "(default he)"),
+    ("--keep-checkpoints", "(default 3)"), ("--num-processes", "(default: single process)"),
+    ("--process-id", "(default: single process)"),
+    ("--checkpoint-every", "whenever a multiple"),
+])
+def test_train_help_explains_every_flag_with_its_default(flag, words, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    entry = text[text.index(flag + " ", text.index("options:")):]  # past the usage line
+    assert words in entry[:400], entry[:400]

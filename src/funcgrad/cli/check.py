@@ -46,7 +46,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _loaded(path: Any) -> Any:
+    """The module already imported from ``path`` (under any name), or ``None``."""
+    import pathlib
+
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and pathlib.Path(file).resolve() == path:
+            return module
+    return None
+
+
 def _load(spec: str) -> Any:
+    """Import a module by dotted name or ``.py`` path, once per file.
+
+    A file already imported under another name is reused, so its primitives are not
+    registered twice.
+    """
     import importlib
     import importlib.util
     import os
@@ -56,9 +72,10 @@ def _load(spec: str) -> Any:
         path = pathlib.Path(spec).resolve()
         if not path.is_file():
             raise FileNotFoundError(f"check: --module {spec!r}: no such file")
-        name = f"_funcgrad_check_{abs(hash(str(path))):x}_{path.stem}"
-        if name in sys.modules:
-            return sys.modules[name]
+        module = _loaded(path)
+        if module is not None:
+            return module
+        name = f"_funcgrad_check_{path.stem}_{abs(hash(str(path))):x}"
         mod_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(mod_spec)
         sys.modules[name] = module
@@ -68,13 +85,15 @@ def _load(spec: str) -> Any:
             del sys.modules[name]
             raise
         return module
-    try:
-        return importlib.import_module(spec)
-    except ModuleNotFoundError as exc:
-        if os.getcwd() in sys.path or exc.name != spec.split(".")[0]:
-            raise
-        sys.path.insert(0, os.getcwd())  # like `python -m`: modules of the working directory
-        return importlib.import_module(spec)
+    if spec not in sys.modules:
+        if os.getcwd() not in sys.path:  # like `python -m`: the working directory too
+            sys.path.append(os.getcwd())
+        found = importlib.util.find_spec(spec)
+        if found is not None and found.origin and os.path.isfile(found.origin):
+            module = _loaded(pathlib.Path(found.origin).resolve())
+            if module is not None:
+                return module
+    return importlib.import_module(spec)
 
 
 def import_rules(spec: str) -> list[str]:

@@ -68,9 +68,9 @@ def finish_train_history(history: Any, out: Path | None) -> dict[str, Any]:
     final = flow.diagnose(last).to_dict() if last is not None else {}
     result: dict[str, Any] = {"final_flags": final, "records": len(history.records)}
     if out is not None and last is not None:
-        (out / "flow.json").write_text(json.dumps({"final_flags": final,
-                                                   "thresholds": flow.DEFAULT_THRESHOLDS,
-                                                   "history": history.to_dict()}))
+        (out / "flow.json").write_text(json.dumps(flow.to_jsonable(
+            {"final_flags": final, "thresholds": flow.DEFAULT_THRESHOLDS,
+             "history": history.to_dict()}, digits=None), allow_nan=False))
         try:
             pngs = flow.plot(history, out / "flow", title="gradient flow")
         except ImportError:
@@ -145,8 +145,7 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         The exit status.
     """
-    from .. import flow
-    from .. import flow as experiments
+    from .. import experiments, flow
 
     t0 = time.perf_counter()
     settings: dict[str, Any] = {"depth": args.depth, "width": args.width, "steps": args.steps,
@@ -178,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
                 pass
     report["wall_seconds"] = wall = time.perf_counter() - t0
     if out is not None:
-        (out / "flow.json").write_text(json.dumps(report))
+        (out / "flow.json").write_text(json.dumps(flow.to_jsonable(report, digits=None),
+                                                  allow_nan=False))
         print(f"\nwrote {out / 'flow.json'}"
               + (f", {', '.join(pngs)}" if pngs else " (install matplotlib for the plots)"))
     print(f"\nwall time {wall:.1f} s")

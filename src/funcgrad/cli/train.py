@@ -112,6 +112,13 @@ def _add_device_args(g: Any) -> None:
                         "--coordinator (default: single process)")
 
 
+def _strict_json(value: Any, indent: int | None = None) -> str:
+    """JSON that strict parsers accept: non-finite numbers are written as ``null``."""
+    from ..flow import to_jsonable
+
+    return json.dumps(to_jsonable(value, digits=None), indent=indent, allow_nan=False)
+
+
 def _load(args: argparse.Namespace) -> Any:
     from .. import data
 
@@ -288,7 +295,7 @@ def _fit(args: argparse.Namespace, ds: Any, xs: tuple[Any, Any], mesh: Any,
 
     def on_log(record: dict) -> None:
         if metrics_file is not None:
-            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.write(_strict_json(record) + "\n")
             metrics_file.flush()
 
     checkpoints = None
@@ -385,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
     if is_main:
         _print_summary(summary)
     if out is not None:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (out / "summary.json").write_text(_strict_json(summary, indent=2))
         pngs = _plot_curves(result.history, result.evals, out)
         print(f"wrote {out / 'metrics.jsonl'}, {out / 'summary.json'}"
               + (f", {', '.join(pngs)}" if pngs else " (install matplotlib for PNG curves)"))
