@@ -2,7 +2,9 @@
 
 Nothing in this package, docstring examples included, calls JAX's autodiff entry points
 (grad, vjp, jvp, linearize, jacrev and friends): those are the checker's oracle, not the
-rules' implementation. Examples run a rule directly with ``_broadcast.run_rule``.
+rules' implementation. Every primitive is made with :func:`primitive`, the same public
+factory users call for their own rules; examples run a rule directly with
+``<primitive>.vjp(...)``.
 """
 
 from ._broadcast import unbroadcast

@@ -40,42 +40,15 @@ def unbroadcast(g: jax.Array, shape: Sequence[int]) -> jax.Array:
     if g.shape == shape:
         return g
     lead = g.ndim - len(shape)
-    if lead < 0:
-        raise ValueError(f"unbroadcast: cannot reduce a cotangent of shape {g.shape} to {shape}")
+    if lead < 0 or any(n not in (1, m) for n, m in zip(shape, g.shape[lead:], strict=True)):
+        raise ValueError(f"unbroadcast: argument 'g' of shape {g.shape} is not a broadcast of "
+                         f"shape {shape}; cannot sum it back to that shape")
     axes = list(range(lead))
     for i, n in enumerate(shape):
         if n == 1 and g.shape[lead + i] != 1:
             axes.append(lead + i)
     out = jnp.sum(g, axis=tuple(axes), keepdims=False) if axes else g
     return out.reshape(shape)
-
-
-def run_rule(fwd: Any, bwd: Any, *primals: Any, static: Sequence[Any] = (),
-             cotangent: float = 1.0) -> list[Any]:
-    """Run a primitive's hand-written forward and backward rule directly, for examples.
-
-    Calls ``fwd(*static, *primals)``, then ``bwd(*static, residuals, g)`` with ``g`` filled
-    with ``cotangent``: the rule itself, with no JAX autodiff involved.
-
-    Args:
-        fwd: the primitive's ``_name_fwd``.
-        bwd: the primitive's ``_name_bwd``.
-        *primals: the differentiable inputs (converted to float32 arrays).
-        static: the static (``nondiff_argnums``) arguments, in order.
-        cotangent: the value of the output cotangent ``g``.
-
-    Returns:
-        One cotangent per primal as Python numbers or nested lists (``None`` stays).
-
-    Examples:
-        >>> from funcgrad.primitives.arithmetic import _mul_fwd, _mul_bwd
-        >>> run_rule(_mul_fwd, _mul_bwd, 2.0, 3.0, static=((), ()))
-        [3.0, 2.0]
-    """
-    arrays = [jnp.asarray(x, jnp.float32) for x in primals]
-    out, residuals = fwd(*static, *arrays)
-    cts = bwd(*static, residuals, jnp.full_like(out, cotangent))
-    return [None if c is None else np.asarray(c).tolist() for c in cts]
 
 
 def broadcast_shapes(name: str, argnames: Sequence[str], *shapes: Shape) -> Shape:

@@ -404,33 +404,43 @@ def primitive(
                  fn is not None, **options)
 
 
-def _make(f: Callable, name: str, module: str, doc: str | None, decorated: bool, *,
-          bwd: Callable, formula: str, reference: Callable | None, residuals: str,
-          static: Sequence[str], nondiff: Sequence[str], labels: Sequence[str],
-          pytree: Sequence[str], domain: Mapping[str, str] | None, unbroadcast: bool,
-          promote: bool, check: Callable | None, sample_shapes: Sequence[Any] | None,
-          params: Mapping[str, Any] | None, kinks: str, kink_points: Sequence,
-          edge_points: Sequence[float], precision: str, category: str,
-          replace: bool) -> Callable:
+def _make(f: Callable, name: str, module: str, doc: str | None, decorated: bool,
+          **options: Any) -> Callable:
     """Build the rule, the public function and its record; register the record."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"primitive: argument 'name' must be a Python identifier; got {name!r}")
-    rule = _Rule(name, f, bwd, static=static, nondiff=nondiff, labels=labels, pytree=pytree,
-                 broadcasting=unbroadcast, promote=promote, check=check)
+    o = options
+    rule = _Rule(name, f, o["bwd"], static=o["static"], nondiff=o["nondiff"],
+                 labels=o["labels"], pytree=o["pytree"], broadcasting=o["unbroadcast"],
+                 promote=o["promote"], check=o["check"])
 
     def call(*args: Any, **kwargs: Any) -> Any:
         return rule.call(args, kwargs)
 
-    args = _args(rule, dict(domain or {}))
-    if sample_shapes is None:
-        sample_shapes = UNARY_SHAPES if len(args) == 1 else (tuple((3,) for _ in args),)
+    def variant(*, name: str, **changes: Any) -> Callable:
+        """A new primitive like this one, under a new ``name``, with declarations changed.
+
+        Any keyword of :func:`primitive` may change (``fwd``, ``bwd``, ``formula``, ...);
+        the docstring, module and signature are kept. Used to plant a mutant in a copy of
+        a rule, or to register a rule again with a different record.
+        """
+        new = {**options, "replace": False, **changes}
+        made = _make(new.pop("fwd", f), name, module, doc, decorated, **new)
+        made.__name__ = made.__qualname__ = name
+        return made
+
+    args = _args(rule, dict(o["domain"] or {}))
+    shapes = o["sample_shapes"]
+    if shapes is None:
+        shapes = UNARY_SHAPES if len(args) == 1 else (tuple((3,) for _ in args),)
     record = Primitive(
-        name=name, fn=call, reference=reference, formula=formula, residuals=residuals,
-        args=args, sample_shapes=tuple(sample_shapes), params=dict(params or {}),
-        kinks=kinks, precision=precision, category=category,
-        kink_points=tuple((float(x), float(d)) for x, d in kink_points),
-        edge_points=tuple(float(x) for x in edge_points), broadcasting=bool(unbroadcast),
-        static=rule.static)
+        name=name, fn=call, reference=o["reference"], formula=o["formula"],
+        residuals=o["residuals"], args=args, sample_shapes=tuple(shapes),
+        params=dict(o["params"] or {}), kinks=o["kinks"], precision=o["precision"],
+        category=o["category"],
+        kink_points=tuple((float(x), float(d)) for x, d in o["kink_points"]),
+        edge_points=tuple(float(x) for x in o["edge_points"]),
+        broadcasting=bool(o["unbroadcast"]), static=rule.static)
     call.__name__ = f.__name__ if decorated else name
     call.__qualname__ = getattr(f, "__qualname__", name) if decorated else name
     call.__module__ = module
@@ -440,6 +450,7 @@ def _make(f: Callable, name: str, module: str, doc: str | None, decorated: bool,
     if decorated and getattr(f, "__annotations__", None):
         call.__annotations__ = dict(f.__annotations__)
     call.vjp = rule.vjp  # type: ignore[attr-defined]
+    call.variant = variant  # type: ignore[attr-defined]
     call.record = record  # type: ignore[attr-defined]
-    register(record, replace=replace)
+    register(record, replace=o["replace"])
     return call

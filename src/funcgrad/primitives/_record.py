@@ -57,7 +57,7 @@ class Primitive:
         name: the registry name; the rule's calls are tagged ``funcgrad.<name>``.
         fn: the public function (a ``jax.custom_vjp`` with the hand-written rule).
         reference: the same function in plain ``jnp``/``jax.nn``, or ``None``; when set,
-            ``jax.grad`` of it is an oracle for the rule.
+            the checker differentiates it with JAX's own autodiff as an oracle.
         formula: the derivative, for people (written once, here).
         residuals: what the forward pass saves for the backward pass.
         args: the array arguments, in signature order.

@@ -1,41 +1,36 @@
 """Elementwise arithmetic with NumPy broadcasting, each with a hand-written VJP.
 
-Binary primitives undo broadcasting in their backward pass through
-:func:`funcgrad.primitives._broadcast.unbroadcast`. The input shapes travel as static
-(non-differentiable) arguments, so a rule that needs no values saves no residuals.
+Binary primitives are declared with ``unbroadcast=True``: :func:`funcgrad.primitive`
+checks that the inputs broadcast, and sums each cotangent back to its input's shape with
+the shared :func:`~funcgrad.primitives.unbroadcast`, so a rule that needs no values saves
+no residuals. Each primitive is one block: the backward rule (its body is the formula), then
+the forward rule decorated with its record.
 """
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from ._broadcast import (
-    as_float,
-    broadcast_shapes,
-    promote_floats,
-    run_rule,  # noqa: F401  (the docstring examples run the rules with it)
-    unbroadcast,
-)
+from ._define import primitive
+from ._record import BROADCAST_PAIRS
 
 __all__ = ["add", "sub", "mul", "div", "neg", "square", "power", "exp", "log"]
 
-
-def _binary(name: str, x: Any, y: Any) -> tuple[jax.Array, jax.Array]:
-    x, y = promote_floats(name, ("x", "y"), x, y)
-    broadcast_shapes(name, ("x", "y"), x.shape, y.shape)
-    return x, y
+_BINARY = dict(unbroadcast=True, category="arithmetic", sample_shapes=BROADCAST_PAIRS)
 
 
 # --------------------------------------------------------------------------- add
+def _add_bwd(_, g):
+    return g, g
+
+
+@primitive(bwd=_add_bwd, reference=jnp.add, **_BINARY,
+           formula="d(x+y)/dx = 1, d(x+y)/dy = 1", residuals="none")
 def add(x: Any, y: Any) -> jax.Array:
     """Elementwise ``x + y`` with broadcasting: the lesson's ``[+]`` node.
-
-    Rule: ``dz/dx = 1`` and ``dz/dy = 1``, so ``x̄ = unbroadcast(ḡ)`` and ``ȳ = unbroadcast(ḡ)``.
-    Residuals: none. Kinks: none.
 
     Args:
         x: first operand.
@@ -45,41 +40,23 @@ def add(x: Any, y: Any) -> jax.Array:
         ``x + y`` in the common floating dtype of the inputs.
 
     Examples:
-        >>> import jax
         >>> add(2.0, 3.0)
         Array(5., dtype=float32)
-        >>> run_rule(_add_fwd, _add_bwd, 2.0, 3.0, static=((), ()))
-        [1.0, 1.0]
+        >>> add.vjp(2.0, 3.0)
+        (1.0, 1.0)
     """
-    x, y = _binary("add", x, y)
-    return _add(x.shape, y.shape, x, y)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _add(xs, ys, x, y):
-    return x + y
-
-
-def _add_fwd(xs, ys, x, y):
     return x + y, None
 
 
-def _add_bwd(xs, ys, _, g):
-    return unbroadcast(g, xs), unbroadcast(g, ys)
-
-
-_add.defvjp(_add_fwd, _add_bwd)
-
-
-def add_reference(x, y):
-    return jnp.add(x, y)
-
-
 # --------------------------------------------------------------------------- sub
+def _sub_bwd(_, g):
+    return g, -g
+
+
+@primitive(bwd=_sub_bwd, reference=jnp.subtract, **_BINARY,
+           formula="d(x-y)/dx = 1, d(x-y)/dy = -1", residuals="none")
 def sub(x: Any, y: Any) -> jax.Array:
     """Elementwise ``x - y`` with broadcasting.
-
-    Rule: ``x̄ = unbroadcast(ḡ)``, ``ȳ = -unbroadcast(ḡ)``. Residuals: none.
 
     Args:
         x: minuend.
@@ -91,37 +68,22 @@ def sub(x: Any, y: Any) -> jax.Array:
     Examples:
         >>> sub(6.0, 2.0)
         Array(4., dtype=float32)
+        >>> sub.vjp(6.0, 2.0)
+        (1.0, -1.0)
     """
-    x, y = _binary("sub", x, y)
-    return _sub(x.shape, y.shape, x, y)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _sub(xs, ys, x, y):
-    return x - y
-
-
-def _sub_fwd(xs, ys, x, y):
     return x - y, None
 
 
-def _sub_bwd(xs, ys, _, g):
-    return unbroadcast(g, xs), unbroadcast(-g, ys)
-
-
-_sub.defvjp(_sub_fwd, _sub_bwd)
-
-
-def sub_reference(x, y):
-    return jnp.subtract(x, y)
-
-
 # --------------------------------------------------------------------------- mul
+def _mul_bwd(res, g):
+    x, y = res
+    return g * y, g * x
+
+
+@primitive(bwd=_mul_bwd, reference=jnp.multiply, **_BINARY,
+           formula="d(xy)/dx = y, d(xy)/dy = x", residuals="x, y")
 def mul(x: Any, y: Any) -> jax.Array:
     """Elementwise ``x * y`` with broadcasting: the lesson's ``[×]`` node.
-
-    Rule: ``dz/dx = y`` and ``dz/dy = x``, so ``x̄ = unbroadcast(ḡ·y)``,
-    ``ȳ = unbroadcast(ḡ·x)``. Residuals: ``x`` and ``y``.
 
     Args:
         x: first factor.
@@ -133,39 +95,25 @@ def mul(x: Any, y: Any) -> jax.Array:
     The lesson's step 2, ``dy/dw = x = 2``:
 
     Examples:
-        >>> run_rule(_mul_fwd, _mul_bwd, 2.0, 3.0, static=((), ()))  # [dz/dx, dz/dw]
-        [3.0, 2.0]
+        >>> mul.vjp(2.0, 3.0)  # (dz/dx, dz/dw)
+        (3.0, 2.0)
     """
-    x, y = _binary("mul", x, y)
-    return _mul(x.shape, y.shape, x, y)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _mul(xs, ys, x, y):
-    return x * y
-
-
-def _mul_fwd(xs, ys, x, y):
     return x * y, (x, y)
 
 
-def _mul_bwd(xs, ys, res, g):
-    x, y = res
-    return unbroadcast(g * y, xs), unbroadcast(g * x, ys)
-
-
-_mul.defvjp(_mul_fwd, _mul_bwd)
-
-
-def mul_reference(x, y):
-    return jnp.multiply(x, y)
-
-
 # --------------------------------------------------------------------------- div
+def _div_bwd(res, g):
+    x, y = res
+    gx = g / y
+    return gx, -gx * x / y
+
+
+@primitive(bwd=_div_bwd, reference=jnp.divide, **_BINARY, domain={"y": "nonzero"},
+           formula="d(x/y)/dx = 1/y, d(x/y)/dy = -x/y^2", residuals="x, y",
+           precision="IEEE 754 at y = 0 (inf or nan)")
 def div(x: Any, y: Any) -> jax.Array:
     """Elementwise ``x / y`` with broadcasting.
 
-    Rule: ``x̄ = unbroadcast(ḡ / y)``, ``ȳ = unbroadcast(-ḡ·x / y²)``. Residuals: ``x``, ``y``.
     Division by zero follows IEEE 754 (``±inf`` or ``nan``), like ``jnp.divide``.
 
     Args:
@@ -176,40 +124,21 @@ def div(x: Any, y: Any) -> jax.Array:
         ``x / y``.
 
     Examples:
-        >>> run_rule(_div_fwd, _div_bwd, 1.0, 2.0, static=((), ()))
-        [0.5, -0.25]
+        >>> div.vjp(1.0, 2.0)
+        (0.5, -0.25)
     """
-    x, y = _binary("div", x, y)
-    return _div(x.shape, y.shape, x, y)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _div(xs, ys, x, y):
-    return x / y
-
-
-def _div_fwd(xs, ys, x, y):
     return x / y, (x, y)
 
 
-def _div_bwd(xs, ys, res, g):
-    x, y = res
-    gx = g / y
-    return unbroadcast(gx, xs), unbroadcast(-gx * x / y, ys)
-
-
-_div.defvjp(_div_fwd, _div_bwd)
-
-
-def div_reference(x, y):
-    return jnp.divide(x, y)
-
-
 # --------------------------------------------------------------------------- neg
+def _neg_bwd(_, g):
+    return (-g,)
+
+
+@primitive(bwd=_neg_bwd, reference=jnp.negative, category="arithmetic",
+           formula="d(-x)/dx = -1", residuals="none")
 def neg(x: Any) -> jax.Array:
     """Elementwise ``-x``.
-
-    Rule: ``x̄ = -ḡ``. Residuals: none.
 
     Args:
         x: input.
@@ -218,37 +147,21 @@ def neg(x: Any) -> jax.Array:
         ``-x``.
 
     Examples:
-        >>> float(neg(3.0))
-        -3.0
+        >>> float(neg(3.0)), neg.vjp(3.0)
+        (-3.0, (-1.0,))
     """
-    return _neg(as_float("neg", "x", x))
-
-
-@jax.custom_vjp
-def _neg(x):
-    return -x
-
-
-def _neg_fwd(x):
     return -x, None
 
 
-def _neg_bwd(_, g):
-    return (-g,)
-
-
-_neg.defvjp(_neg_fwd, _neg_bwd)
-
-
-def neg_reference(x):
-    return jnp.negative(x)
-
-
 # ------------------------------------------------------------------------ square
+def _square_bwd(x, g):
+    return (2 * x * g,)
+
+
+@primitive(bwd=_square_bwd, reference=jnp.square, category="arithmetic",
+           formula="d(x^2)/dx = 2x", residuals="x")
 def square(x: Any) -> jax.Array:
     """Elementwise ``x²``: the lesson's ``[(·)²]`` node.
-
-    Rule: ``d(x²)/dx = 2x``, so ``x̄ = 2·x·ḡ``. Residuals: ``x``.
 
     Args:
         x: input.
@@ -259,39 +172,37 @@ def square(x: Any) -> jax.Array:
     The lesson's ``dL/dy = 2×(y-target) = 2×(6-2) = 8``:
 
     Examples:
-        >>> run_rule(_square_fwd, _square_bwd, 4.0)
-        [8.0]
+        >>> square.vjp(4.0)
+        (8.0,)
     """
-    return _square(as_float("square", "x", x))
-
-
-@jax.custom_vjp
-def _square(x):
-    return x * x
-
-
-def _square_fwd(x):
     return x * x, x
 
 
-def _square_bwd(x, g):
-    return (2 * x * g,)
-
-
-_square.defvjp(_square_fwd, _square_bwd)
-
-
-def square_reference(x):
-    return jnp.square(x)
-
-
 # ------------------------------------------------------------------------- power
+def _power_check(x, p):
+    if not isinstance(p, (int, float)) or isinstance(p, bool):
+        raise TypeError(
+            f"power: argument 'p' must be a Python int or float (a constant exponent); "
+            f"got {type(p).__name__}"
+        )
+    return {"p": float(p)}
+
+
+def _power_bwd(x, g, *, p):
+    if p == 0.0:
+        return (jnp.zeros_like(x),)
+    return (p * jnp.power(x, p - 1.0) * g,)
+
+
+@primitive(bwd=_power_bwd, reference=lambda x, p: jnp.power(x, p), category="arithmetic",
+           static=("p",), check=_power_check, params={"p": 2.5}, domain={"x": "positive"},
+           formula="d(x^p)/dx = p*x^(p-1)", residuals="x",
+           kinks="p = 0: derivative exactly 0", precision="non-integer p: domain x > 0")
 def power(x: Any, p: float) -> jax.Array:
     """Elementwise ``x ** p`` for a constant (non-differentiable) exponent ``p``.
 
-    Rule: ``x̄ = p·x^(p-1)·ḡ``; for ``p = 0`` the derivative is exactly 0 everywhere.
-    Residuals: ``x``. For non-integer ``p`` the domain is ``x > 0``; negative ``x`` gives
-    ``nan`` as in ``jnp.power``.
+    For ``p = 0`` the derivative is exactly 0 everywhere. For non-integer ``p`` the domain
+    is ``x > 0``; negative ``x`` gives ``nan`` as in ``jnp.power``.
 
     Args:
         x: base.
@@ -301,44 +212,22 @@ def power(x: Any, p: float) -> jax.Array:
         ``x ** p``.
 
     Examples:
-        >>> run_rule(_power_fwd, _power_bwd, 2.0, static=(3.0,))
-        [12.0]
+        >>> power.vjp(2.0, 3.0)
+        (12.0,)
     """
-    if not isinstance(p, (int, float)) or isinstance(p, bool):
-        raise TypeError(
-            f"power: argument 'p' must be a Python int or float (a constant exponent); "
-            f"got {type(p).__name__}"
-        )
-    return _power(float(p), as_float("power", "x", x))
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _power(p, x):
-    return jnp.power(x, p)
-
-
-def _power_fwd(p, x):
     return jnp.power(x, p), x
 
 
-def _power_bwd(p, x, g):
-    if p == 0.0:
-        return (jnp.zeros_like(x),)
-    return (p * jnp.power(x, p - 1.0) * g,)
-
-
-_power.defvjp(_power_fwd, _power_bwd)
-
-
-def power_reference(x, p):
-    return jnp.power(x, p)
-
-
 # --------------------------------------------------------------------------- exp
+def _exp_bwd(y, g):
+    return (y * g,)
+
+
+@primitive(bwd=_exp_bwd, reference=jnp.exp, category="arithmetic",
+           formula="d(e^x)/dx = e^x", residuals="output y = e^x",
+           edge_points=(50.0, -50.0))
 def exp(x: Any) -> jax.Array:
     """Elementwise ``e^x``.
-
-    Rule: ``d(e^x)/dx = e^x``, so ``x̄ = y·ḡ`` with ``y = e^x``. Residuals: the output ``y``.
 
     Args:
         x: input.
@@ -347,41 +236,28 @@ def exp(x: Any) -> jax.Array:
         ``exp(x)``.
 
     Examples:
-        >>> run_rule(_exp_fwd, _exp_bwd, 0.0)
-        [1.0]
+        >>> exp.vjp(0.0)
+        (1.0,)
     """
-    return _exp(as_float("exp", "x", x))
-
-
-@jax.custom_vjp
-def _exp(x):
-    return jnp.exp(x)
-
-
-def _exp_fwd(x):
     y = jnp.exp(x)
     return y, y
 
 
-def _exp_bwd(y, g):
-    return (y * g,)
-
-
-_exp.defvjp(_exp_fwd, _exp_bwd)
-
-
-def exp_reference(x):
-    return jnp.exp(x)
-
-
 # --------------------------------------------------------------------------- log
+def _log_bwd(x, g):
+    return (g / x,)
+
+
+@primitive(bwd=_log_bwd, reference=jnp.log, category="arithmetic", domain={"x": "positive"},
+           formula="d(log x)/dx = 1/x", residuals="x",
+           precision="IEEE 754: log(0) = -inf, log(x<0) = nan",
+           edge_points=(1e-3, 1e-20))
 def log(x: Any) -> jax.Array:
     """Elementwise natural logarithm.
 
-    Rule: ``d(log x)/dx = 1/x``, so ``x̄ = ḡ / x``. Residuals: ``x``. Domain ``x > 0``:
-    following IEEE 754 and ``jnp.log``, ``log(0) = -inf`` (gradient ``+inf``) and
-    ``log(x < 0) = nan``. This is not hidden; use :func:`funcgrad.flow.find_nonfinite`
-    to locate such values.
+    Domain ``x > 0``: following IEEE 754 and ``jnp.log``, ``log(0) = -inf`` (gradient
+    ``+inf``) and ``log(x < 0) = nan``. This is not hidden; use
+    :func:`funcgrad.flow.find_nonfinite` to locate such values.
 
     Args:
         x: input, positive.
@@ -390,27 +266,7 @@ def log(x: Any) -> jax.Array:
         ``log(x)``.
 
     Examples:
-        >>> run_rule(_log_fwd, _log_bwd, 4.0)
-        [0.25]
+        >>> log.vjp(4.0)
+        (0.25,)
     """
-    return _log(as_float("log", "x", x))
-
-
-@jax.custom_vjp
-def _log(x):
-    return jnp.log(x)
-
-
-def _log_fwd(x):
     return jnp.log(x), x
-
-
-def _log_bwd(x, g):
-    return (g / x,)
-
-
-_log.defvjp(_log_fwd, _log_bwd)
-
-
-def log_reference(x):
-    return jnp.log(x)
