@@ -1,21 +1,19 @@
 """Reductions ``sum`` and ``mean`` with hand-written VJPs.
 
 The transpose of a sum is a broadcast: every input element receives the cotangent of the
-sum it contributed to. ``mean`` divides by the number of reduced elements.
+sum it contributed to. ``mean`` divides by the number of reduced elements. Neither saves a
+residual: the backward rules read the input's shape from ``primals``.
 """
 
 from __future__ import annotations
 
-from functools import partial
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from ._broadcast import (
-    as_float,
-    run_rule,  # noqa: F401  (the docstring examples run the rules with it)
-)
+from ._define import primitive
 
 __all__ = ["sum", "mean"]
 
@@ -48,12 +46,31 @@ def _expand(g: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...], keepdim
     return jnp.broadcast_to(g, shape)
 
 
+def _reduction_check(name: str):
+    def check(x, axis, keepdims):
+        axes = _normalize_axis(name, axis, x.ndim)
+        if name == "mean" and math.prod(x.shape[a] for a in axes) == 0:
+            raise ValueError(f"mean: cannot average over an empty axis; x.shape={x.shape}, "
+                             f"axis={axis!r}")
+        return {"axis": axes, "keepdims": bool(keepdims)}
+    return check
+
+
+_REDUCTION = dict(static=("axis", "keepdims"), category="reduction", residuals="none")
+
+
 # --------------------------------------------------------------------------- sum
+def _sum_bwd(_, g, *, axis, keepdims, primals):
+    (x,) = primals
+    return (_expand(g, x.shape, axis, keepdims),)
+
+
+@primitive(bwd=_sum_bwd, reference=jnp.sum, check=_reduction_check("sum"), **_REDUCTION,
+           formula="d(sum x)/dx_i = 1")
 def sum(x: Any, axis: Axis = None, keepdims: bool = False) -> jax.Array:  # noqa: A001
     """Sum of elements over ``axis``.
 
-    Rule: ``x̄ = broadcast(ḡ)`` back to ``x.shape`` (every element gets the cotangent of
-    the sum it fed). Residuals: none; the shape is static.
+    Every element gets the cotangent of the sum it fed; the shape is static.
 
     Args:
         x: input array.
@@ -64,40 +81,30 @@ def sum(x: Any, axis: Axis = None, keepdims: bool = False) -> jax.Array:  # noqa
         The sum.
 
     Examples:
-        >>> run_rule(_sum_fwd, _sum_bwd, [1.0, 2.0, 3.0], static=((0,), False, (3,)))
-        [[1.0, 1.0, 1.0]]
+        >>> import jax.numpy as jnp
+        >>> sum.vjp(jnp.array([1.0, 2.0, 3.0]))
+        ([1.0, 1.0, 1.0],)
     """
-    x = as_float("sum", "x", x)
-    axes = _normalize_axis("sum", axis, x.ndim)
-    return _sum(axes, bool(keepdims), x.shape, x)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _sum(axes, keepdims, shape, x):
-    return jnp.sum(x, axis=axes, keepdims=keepdims)
-
-
-def _sum_fwd(axes, keepdims, shape, x):
-    return jnp.sum(x, axis=axes, keepdims=keepdims), None
-
-
-def _sum_bwd(axes, keepdims, shape, _, g):
-    return (_expand(g, shape, axes, keepdims),)
-
-
-_sum.defvjp(_sum_fwd, _sum_bwd)
-
-
-def sum_reference(x, axis=None, keepdims=False):
-    return jnp.sum(x, axis=axis, keepdims=keepdims)
+    return jnp.sum(x, axis=axis, keepdims=keepdims), None
 
 
 # -------------------------------------------------------------------------- mean
+def _mean_bwd(_, g, *, axis, keepdims, primals):
+    (x,) = primals
+    n = math.prod(x.shape[a] for a in axis)
+    wide = jnp.promote_types(g.dtype, jnp.float32)  # n itself may not fit in float16
+    return ((_expand(g, x.shape, axis, keepdims).astype(wide) / n).astype(g.dtype),)
+
+
+@primitive(bwd=_mean_bwd, reference=jnp.mean, check=_reduction_check("mean"), **_REDUCTION,
+           formula="d(mean x)/dx_i = 1/n",
+           precision="divides in float32 for float16/bfloat16: n >= 65520 is inf in float16")
 def mean(x: Any, axis: Axis = None, keepdims: bool = False) -> jax.Array:
     """Arithmetic mean over ``axis``.
 
-    Rule: ``x̄ = broadcast(ḡ) / n`` where ``n`` is the number of reduced elements.
-    Residuals: none.
+    ``n`` is the number of reduced elements. For float16 and bfloat16 inputs the division
+    happens in float32 and the cotangent is rounded once: ``n = 70000`` cast to float16 is
+    ``inf``, which would make every gradient ``0``.
 
     Args:
         x: input array.
@@ -108,38 +115,8 @@ def mean(x: Any, axis: Axis = None, keepdims: bool = False) -> jax.Array:
         The mean.
 
     Examples:
-        >>> run_rule(_mean_fwd, _mean_bwd, [1.0, 2.0, 3.0, 4.0], static=((0,), False, (4,)))
-        [[0.25, 0.25, 0.25, 0.25]]
+        >>> import jax.numpy as jnp
+        >>> mean.vjp(jnp.array([1.0, 2.0, 3.0, 4.0]))
+        ([0.25, 0.25, 0.25, 0.25],)
     """
-    x = as_float("mean", "x", x)
-    axes = _normalize_axis("mean", axis, x.ndim)
-    n = 1
-    for a in axes:
-        n *= x.shape[a]
-    if n == 0:
-        raise ValueError(f"mean: cannot average over an empty axis; x.shape={x.shape}, "
-                         f"axis={axis!r}")
-    return _mean(axes, bool(keepdims), x.shape, x)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _mean(axes, keepdims, shape, x):
-    return jnp.mean(x, axis=axes, keepdims=keepdims)
-
-
-def _mean_fwd(axes, keepdims, shape, x):
-    return jnp.mean(x, axis=axes, keepdims=keepdims), None
-
-
-def _mean_bwd(axes, keepdims, shape, _, g):
-    n = 1
-    for a in axes:
-        n *= shape[a]
-    return (_expand(g, shape, axes, keepdims) / jnp.asarray(n, g.dtype),)
-
-
-_mean.defvjp(_mean_fwd, _mean_bwd)
-
-
-def mean_reference(x, axis=None, keepdims=False):
-    return jnp.mean(x, axis=axis, keepdims=keepdims)
+    return jnp.mean(x, axis=axis, keepdims=keepdims), None
