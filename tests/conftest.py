@@ -1,4 +1,4 @@
-"""Shared test configuration: hypothesis profiles and cached, compiled comparators."""
+"""Shared test configuration: hypothesis profiles, cached compiled VJPs, one comparator."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from hypothesis import HealthCheck, settings
 
 from funcgrad.registry import PRIMITIVES
-from funcgrad.testing import only_args
 
 settings.register_profile(
     "ci",
@@ -27,8 +27,54 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def builtin_names() -> list[str]:
+    """The built-in primitives, in registry order (user primitives registered by other
+    tests or examples are checked where they are defined)."""
+    return [n for n, p in PRIMITIVES.items()
+            if p.fn.__module__.startswith("funcgrad.primitives.")]
+
+
 def float_positions(prim):
     return tuple(i for i, a in enumerate(prim.args) if a.kind == "float")
+
+
+def only_args(fn, args, positions):
+    """``fn`` as a function of the arguments at ``positions`` only, the others fixed."""
+    def g(*values):
+        full = list(args)
+        for i, v in zip(positions, values, strict=True):
+            full[i] = v
+        return fn(*full)
+    return g
+
+
+def mismatches(actual, expected, rtol: float, atol: float) -> np.ndarray:
+    """Boolean mask of the elements where ``actual`` does not match ``expected``.
+
+    Finite expected values allow ``atol * max(1, max finite |expected|) + rtol * |e|``.
+    Non-finite expected values must match exactly: the same infinity (sign included), NaN
+    where NaN. A non-finite actual value where the expected one is finite never matches.
+    """
+    a = np.asarray(actual).astype(np.float64)
+    e = np.asarray(expected).astype(np.float64)
+    assert a.shape == e.shape, f"shape {a.shape} != {e.shape}"
+    finite = np.isfinite(e)
+    scale = max(1.0, float(np.max(np.abs(e[finite]), initial=0.0)))
+    with np.errstate(invalid="ignore"):
+        close = np.abs(a - e) <= atol * scale + rtol * np.abs(e)
+    same_nonfinite = (np.isnan(a) & np.isnan(e)) | (np.isinf(e) & (a == e))
+    return np.where(finite, close & np.isfinite(a), same_nonfinite) == 0
+
+
+def assert_close(actual, expected, rtol: float, atol: float, what: str) -> None:
+    """Raise naming the first mismatching element (see :func:`mismatches`)."""
+    a = np.asarray(actual).astype(np.float64)
+    e = np.asarray(expected).astype(np.float64)
+    assert a.shape == e.shape, f"{what}: shape {a.shape} != {e.shape}"
+    bad = mismatches(a, e, rtol, atol)
+    if bad.any():
+        i = tuple(int(v) for v in np.argwhere(bad)[0])
+        raise AssertionError(f"{what}: element {i} expected {e[i]!r}, got {a[i]!r}")
 
 
 @functools.cache
