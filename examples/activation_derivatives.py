@@ -55,6 +55,22 @@ def derivatives(name: str, points=POINTS) -> dict:
     }
 
 
+def edge_gradients(name: str) -> dict:
+    """At the record's edge points: funcgrad's float32 rule, the float32 textbook formula
+    and the float64 truth (the points where rounding makes the textbook form fail)."""
+    _, textbook, _ = ACTIVATIONS[name]
+    points = PRIMITIVES[name].edge_points
+    xs = jnp.asarray(points, dtype=jnp.float32)
+    with jax.enable_x64(True):
+        truth = [float(jax.grad(PRIMITIVES[name].reference)(jnp.float64(x))) for x in points]
+    return {
+        "x": [float(v) for v in points],
+        "funcgrad": [float(v) for v in jax.vmap(jax.grad(ACTIVATIONS[name][0]))(xs)],
+        "textbook": [float(v) for v in textbook(np.asarray(xs, dtype=np.float32))],
+        "float64": truth,
+    }
+
+
 def plot(out_dir: str | Path) -> Path | None:
     """Draw f and f' for each activation; return the PNG path, or None without matplotlib."""
     try:
@@ -91,7 +107,8 @@ def main(out: str | Path | None = None, verbose: bool = True) -> dict:
         verbose: print the tables.
 
     Returns:
-        name -> :func:`derivatives` dict, plus ``"plot"``: the PNG path or ``None``.
+        name -> :func:`derivatives` dict, plus ``"edges"`` (name -> :func:`edge_gradients`)
+        and ``"plot"``: the PNG path or ``None``.
     """
     results: dict = {name: derivatives(name) for name in ACTIVATIONS}
     if verbose:
@@ -103,6 +120,15 @@ def main(out: str | Path | None = None, verbose: bool = True) -> dict:
                 print("  " + "  ".join(f"{v:>9.6g}" if i else f"{v:>6g}"
                                        for i, v in enumerate(row)))
             print()
+    results["edges"] = {name: edge_gradients(name) for name in ACTIVATIONS
+                        if PRIMITIVES[name].edge_points}
+    if verbose:
+        print("float32 at the edge points (textbook form vs funcgrad's rule vs float64 truth)")
+        for name, e in results["edges"].items():
+            for row in zip(e["x"], e["textbook"], e["funcgrad"], e["float64"], strict=True):
+                print(f"  {name:8s} x={row[0]:>6g}  textbook {row[1]:<11.4g} "
+                      f"funcgrad {row[2]:<11.4g} float64 {row[3]:.4g}")
+        print()
     results["plot"] = str(plot(out)) if out is not None else None
     if verbose and results["plot"]:
         print(f"wrote {results['plot']}")
