@@ -130,6 +130,27 @@ def test_names_override_and_errors():
         explain(lesson_loss, 2.0, 3.0, 2.0, names={"mul": "x"})
 
 
+def test_explain_is_a_callable_package():
+    import funcgrad.explain as package
+
+    g = package(lesson_loss, 2.0, 3.0, 2.0, names={"mul": "y"})
+    assert isinstance(g, Graph) and float(g["w"].grad) == 16.0
+    assert fg.explain is package and fg.explain.lesson_graph is lesson_graph
+    assert float(fg.explain(lesson_loss, 2.0, 3.0, 2.0)["x"].grad) == 24.0
+    assert fg.Graph is Graph
+
+
+def test_find_nonfinite_gives_the_element_index():
+    from funcgrad.explain import find_nonfinite
+
+    r = find_nonfinite(lambda x: fg.sum(fg.log(fg.relu(x))), jnp.array([1.0, 2.0, -1.0]))
+    assert (r.phase, r.op, r.node, r.index) == ("forward", "log", "log", 2)
+    r = find_nonfinite(lambda x: fg.sum(fg.power(x, 0.5)), jnp.array([1.0, 0.0]))
+    assert (r.phase, r.op, r.input, r.index) == ("backward", "power", "x", 1)
+    r = find_nonfinite(lambda x: fg.sum(x), jnp.array([1.0, np.inf]))
+    assert (r.phase, r.node, r.index) == ("input", "x", 1)
+
+
 # --------------------------------------------------------------------------- MLP
 KEYS = jax.random.split(jax.random.PRNGKey(0), 3)
 X = jax.random.normal(KEYS[0], (4, 3))

@@ -70,6 +70,7 @@ class _CallableModule(types.ModuleType):
         names: Mapping[str | int, str] | Sequence[str | None] | None = None,
         **kwargs: Any,
     ) -> Graph:
+        """Call :func:`funcgrad.explain.explain`: ``funcgrad.explain(fn, *args)``."""
         return explain(fn, *args, names=names, **kwargs)
 
 
