@@ -226,6 +226,20 @@ def _number(text: str) -> str:
     return text.rsplit("=", 1)[-1].strip()
 
 
+def test_lesson_page_loads_offline_without_errors(browser, lesson_page):
+    page = Page(browser, lesson_page)
+    assert page.page.locator("g.node").count() == 5 and page.step() == 0
+    page.close()  # asserts: no console error, no request other than data:/about:
+
+
+def test_the_request_and_error_checks_can_fail(browser):
+    page = Page(browser, '<img src="http://example.invalid/x.png"><script>window.fgPlayer = 1;'
+                         'console.error("boom")</script>')
+    page.page.wait_for_timeout(200)
+    assert page.requests == ["http://example.invalid/x.png"] and "boom" in page.errors
+    page.page.close()
+
+
 def test_stepping_shows_the_lessons_numbers_in_order(open_page, lesson_page):
     page = open_page(lesson_page)
     expected = [("y", "val", "6"), ("L", "val", "16"), ("y", "grad", "8"),
