@@ -17,7 +17,6 @@ that both versions have.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import jax
@@ -27,17 +26,24 @@ import funcgrad as fg
 from funcgrad import flow, nn
 
 
-def _time(fn, *args, repeats: int = 7, number: int = 20) -> float:
-    """Median seconds per call of a jitted ``fn`` (compiled and warmed up first)."""
-    jax.block_until_ready(fn(*args))
-    runs = []
+def _time(programs: dict, repeats: int = 9, number: int = 20) -> dict[str, float]:
+    """Seconds per call of each jitted ``fn(*args)`` in ``programs`` (name -> (fn, args)).
+
+    Compiled and warmed up first; the programs then take turns, ``repeats`` rounds of
+    ``number`` calls each, so a load change on a shared machine hits them alike, and the
+    fastest round counts (the least disturbed one).
+    """
+    for fn, args in programs.values():
+        jax.block_until_ready(fn(*args))
+    best = dict.fromkeys(programs, float("inf"))
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        runs.append((time.perf_counter() - t0) / number)
-    return statistics.median(runs)
+        for name, (fn, args) in programs.items():
+            t0 = time.perf_counter()
+            for _ in range(number):
+                out = fn(*args)
+            jax.block_until_ready(out)
+            best[name] = min(best[name], (time.perf_counter() - t0) / number)
+    return best
 
 
 def measure(sizes: list[int], batch: int) -> dict[str, float]:
@@ -63,12 +69,12 @@ def measure(sizes: list[int], batch: int) -> dict[str, float]:
 
     plain = jax.jit(lambda p: step(p, False))
     with_flow = jax.jit(lambda p: step(p, True))
-    out = {
-        "layer_stats_s": _time(stats, grads, params, updates),
-        "layer_squares_floor_s": _time(floor, grads),
-        "step_s": _time(plain, params),
-        "step_with_layer_stats_s": _time(with_flow, params),
-    }
+    out = _time({
+        "layer_stats_s": (stats, (grads, params, updates)),
+        "layer_squares_floor_s": (floor, (grads,)),
+        "step_s": (plain, (params,)),
+        "step_with_layer_stats_s": (with_flow, (params,)),
+    })
     out["layer_stats_over_floor"] = out["layer_stats_s"] / out["layer_squares_floor_s"]
     out["step_ratio"] = out["step_with_layer_stats_s"] / out["step_s"]
     return out

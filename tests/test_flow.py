@@ -165,6 +165,8 @@ def test_layer_stats_equal_the_definition_with_nonfinite_huge_and_odd_layers():
                                    {"w": np.ones((3, 2), np.float32)}, {},
                                    {"w": jnp.full(5, 0.1, jnp.bfloat16)},
                                    np.full(4, 1e-30, np.float32)]
+    updates[0]["b"][0] = np.inf
+    updates[2]["w"][0, 0] = np.nan
     got = jax.jit(flow.layer_stats)(grads, params, updates)
     g, p, u = _definition(grads), _definition(params), _definition(updates)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -183,10 +185,30 @@ def test_layer_stats_equal_the_definition_with_nonfinite_huge_and_odd_layers():
     assert np.isnan(expected["update_ratio"][4]) and expected["grad_norm"][5] == 0.0
     assert 0 < expected["grad_zero_fraction"][2] < 1
     assert expected["grad_norm"][7] == pytest.approx(np.sqrt(14) * 1e-25)
+    assert np.isinf(expected["update_norm"][0]) and np.isnan(expected["update_norm"][2])
+    assert expected["update_norm"][7] == pytest.approx(2e-30)  # squares underflow
     # all finite and the tiny layer alone: the norms come from the plain sum of squares
     # unless it underflows, which this layer does
     tiny = flow.layer_stats([jnp.ones(3), jnp.asarray(grads[7]["w"])])["grad_norm"]
     np.testing.assert_allclose(np.asarray(tiny), [np.sqrt(3), np.sqrt(14) * 1e-25], rtol=2e-6)
+
+
+def test_layer_stats_under_vmap_and_scan_match_one_call_per_row():
+    """The rare scaled re-sum sits under lax.cond: vmap turns it into a select, scan keeps
+    it; both must give each row what a single call gives."""
+    rows = [[jnp.array([3.0, 4.0]), jnp.array([1e-25, 0.0])],
+            [jnp.array([3e20, 4e20]), jnp.array([1.0, 2.0])],
+            [jnp.array([jnp.nan, 1.0]), jnp.array([0.0, 0.0])]]
+    stacked = jax.tree.map(lambda *v: jnp.stack(v), *rows)
+    one = [flow.layer_stats(r, r, r) for r in rows]
+    mapped = jax.jit(jax.vmap(lambda g: flow.layer_stats(g, g, g)))(stacked)
+    _, scanned = jax.lax.scan(lambda c, g: (c, flow.layer_stats(g, g, g)), 0, stacked)
+    for key in one[0]:
+        expected = np.stack([np.asarray(o[key]) for o in one])
+        np.testing.assert_allclose(np.asarray(mapped[key]), expected, rtol=1e-6, err_msg=key)
+        np.testing.assert_allclose(np.asarray(scanned[key]), expected, rtol=1e-6, err_msg=key)
+    assert float(one[1]["grad_norm"][0]) == pytest.approx(5e20)
+    assert float(one[0]["grad_norm"][1]) == pytest.approx(1e-25)
 
 
 def test_layer_squares_is_the_one_per_layer_reduction():

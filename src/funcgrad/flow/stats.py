@@ -136,55 +136,72 @@ def _scaled_squares(leaves: Sequence[jax.Array], top: jax.Array, dtype: Any) -> 
                      for x in leaves], dtype)
 
 
-def _norms(per_layer: Sequence[Sequence[jax.Array]], top: jax.Array, counts: jax.Array,
-           dtype: Any) -> jax.Array:
+def _norms(per_layer: Sequence[Sequence[jax.Array]], counts: jax.Array, dtype: Any,
+           top: jax.Array | None = None) -> jax.Array:
     """Per-layer ``‖x‖₂`` that neither overflows nor underflows in float32.
 
     One plain sum of squares per layer (:func:`layer_squares`' reduction) is exact
-    enough unless a layer's sum is not finite or so small that flushed subnormal squares
-    could matter (below ``count · 1e-30``); only then, under ``lax.cond``, every layer is
-    summed again scaled by its ``max |x|`` (the scale is multiplied back). A layer that
-    holds a ``nan`` or ``inf`` gets that value from ``top`` instead.
+    enough unless a layer's sum is not finite (an ``inf``/``nan`` inside, or overflow) or
+    so small that flushed subnormal squares could matter (below ``count · 1e-30``). Only
+    then, under ``lax.cond``, every layer is summed again scaled by its ``max |x|``
+    (``top``, computed there unless given) and the scale multiplied back; a layer that
+    holds a ``nan`` or ``inf`` gets that value.
     """
     squares = jnp.stack([_squares(leaves, dtype) for leaves in per_layer])
-    finite_top = jnp.isfinite(top) & (top > 0)
-    risky = finite_top & (~jnp.isfinite(squares) | (squares < counts * 1e-30))
+    risky = ~jnp.isfinite(squares) | (squares < counts * 1e-30)
+    if top is not None:
+        risky = risky & (top != 0)  # an all-zero layer's 0 is exact
 
     def scaled(_: Any) -> jax.Array:
-        sums = jnp.stack([_scaled_squares(leaves, t, dtype)
-                          for leaves, t in zip(per_layer, top, strict=True)])
-        return jnp.where(finite_top, jnp.sqrt(sums) * top, 0)
+        t = top if top is not None else jnp.stack([_max_abs(x, dtype) for x in per_layer])
+        sums = jnp.stack([_scaled_squares(leaves, m, dtype)
+                          for leaves, m in zip(per_layer, t, strict=True)])
+        norms = jnp.where(jnp.isfinite(t) & (t > 0), jnp.sqrt(sums) * t, 0)
+        return jnp.where(jnp.isfinite(t), norms, t)
 
-    norms = jax.lax.cond(jnp.any(risky), scaled, lambda _: jnp.sqrt(squares), None)
-    return jnp.where(jnp.isfinite(top), norms, top)
+    return jax.lax.cond(jnp.any(risky), scaled, lambda _: jnp.sqrt(squares), None)
 
 
-def _summaries(tree: Any, fn: str, arg: str, expected: int | None = None
-               ) -> dict[str, jax.Array]:
-    """Per-layer norm, mean ``|x|``, max ``|x|`` and fraction of exact zeros of ``tree``.
-
-    Plain reductions over each leaf, one pass over the data (plus one more in the rare
-    case :func:`_norms` describes). A ``nan`` anywhere in a layer makes its norm, mean and
-    max ``nan``; an ``inf`` (and no ``nan``) makes them ``inf``.
-    """
+def _checked_layers(tree: Any, fn: str, arg: str, expected: int | None
+                    ) -> tuple[list[list[jax.Array]], jax.Array, Any]:
+    """The float leaves of each layer, the element count of each (at least 1), the dtype."""
     layers = _split_layers(tree)
     if expected is not None and len(layers) != expected:
         raise ValueError(f"{fn}: argument {arg!r} must have {expected} layers (as many as "
                          f"'grads'); got {len(layers)}")
     per_layer = [_float_leaves(t) for _, t in layers]
     dtype = _dtype([x for leaves in per_layer for x in leaves])
+    counts = jnp.asarray([max(sum(int(x.size) for x in leaves), 1) for leaves in per_layer],
+                         dtype)
+    return per_layer, counts, dtype
+
+
+def _tree_norms(tree: Any, fn: str, arg: str, expected: int) -> jax.Array:
+    """Per-layer norms of ``tree`` (``nan``/``inf`` for a layer that holds one)."""
+    per_layer, counts, dtype = _checked_layers(tree, fn, arg, expected)
+    if not per_layer:
+        return jnp.zeros((0,), dtype)
+    return _norms(per_layer, counts, dtype)
+
+
+def _summaries(tree: Any, fn: str, arg: str) -> dict[str, jax.Array]:
+    """Per-layer norm, mean ``|x|``, max ``|x|`` and fraction of exact zeros of ``tree``.
+
+    Plain reductions over each leaf, one pass over the data (plus one more in the rare
+    case :func:`_norms` describes). A ``nan`` anywhere in a layer makes its norm, mean and
+    max ``nan``; an ``inf`` (and no ``nan``) makes them ``inf``.
+    """
+    per_layer, counts, dtype = _checked_layers(tree, fn, arg, None)
     if not per_layer:
         empty = jnp.zeros((0,), dtype)
         return {"norm": empty, "mean_abs": empty, "max_abs": empty, "zero_fraction": empty}
-    counts = jnp.asarray([max(sum(int(x.size) for x in leaves), 1) for leaves in per_layer],
-                         dtype)
     top = jnp.stack([_max_abs(leaves, dtype) for leaves in per_layer])
     total = jnp.stack([sum((jnp.sum(jnp.abs(x).astype(dtype)) for x in leaves),
                            jnp.zeros((), dtype)) for leaves in per_layer])
     zeros = jnp.stack([sum((jnp.sum(x == 0, dtype=dtype) for x in leaves),
                            jnp.zeros((), dtype)) for leaves in per_layer])
     mean = jnp.where(jnp.isfinite(top), total / counts, top)
-    return {"norm": _norms(per_layer, top, counts, dtype), "mean_abs": mean, "max_abs": top,
+    return {"norm": _norms(per_layer, counts, dtype, top), "mean_abs": mean, "max_abs": top,
             "zero_fraction": zeros / counts}
 
 
@@ -236,9 +253,9 @@ def layer_stats(grads: Any, params: Any = None, updates: Any = None) -> dict[str
     out = {"grad_norm": g["norm"], "grad_mean_abs": g["mean_abs"],
            "grad_max_abs": g["max_abs"], "grad_zero_fraction": g["zero_fraction"]}
     if params is not None:
-        out["param_norm"] = _summaries(params, "layer_stats", "params", n)["norm"]
+        out["param_norm"] = _tree_norms(params, "layer_stats", "params", n)
     if updates is not None:
-        out["update_norm"] = _summaries(updates, "layer_stats", "updates", n)["norm"]
+        out["update_norm"] = _tree_norms(updates, "layer_stats", "updates", n)
     if params is not None and updates is not None:
         pn, un = out["param_norm"], out["update_norm"]
         out["update_ratio"] = jnp.where(pn > 0, un / jnp.where(pn > 0, pn, 1.0), jnp.nan)
