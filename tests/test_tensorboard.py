@@ -149,16 +149,34 @@ def test_layer_histograms_rejects_bad_bins(bins, match):
         tb.layer_histograms([jnp.ones(3)], bins=bins)
 
 
+def test_writer_rejects_bad_histogram_bins(tmp_path, reader):
+    with tb.TensorBoardWriter(tmp_path, histogram_bins=0) as writer:
+        assert writer.histogram_bins == 0
+    with pytest.raises(ValueError, match=r"TensorBoardWriter: argument 'histogram_bins' must "
+                                         r"be an int >= 1 \(or 0 for none\); got -1"):
+        tb.TensorBoardWriter(tmp_path, histogram_bins=-1)
+
+
 def test_layer_histograms_rejects_complex_leaves():
     with pytest.raises(TypeError, match="layer_histograms: argument 'grads' must hold real "
                                         "numbers; got a leaf of dtype complex64"):
         tb.layer_histograms([jnp.ones(3, jnp.complex64)])
 
 
-def test_layer_names_follow_the_per_layer_convention():
-    assert tb.layer_names(_params()) == ["layer_0", "layer_1"]
-    assert tb.layer_names({"out": 1, "emb": 2}) == ["emb", "out"]
-    assert tb.layer_names(jnp.ones(3)) == ["layer_0"]
+@pytest.mark.parametrize("tree,names", [
+    ([{"w": jnp.ones((2, 3)), "b": jnp.ones(3)}, {"w": jnp.ones((3, 2))}],
+     ["layer_0", "layer_1"]),
+    ({"out": {"w": jnp.ones(4)}, "emb": (jnp.ones(2), jnp.ones(5))}, ["emb", "out"]),
+    (jnp.ones(3), ["layer_0"]),
+    ([{"w": jnp.ones(4), "step": jnp.array(3, jnp.int32)}], ["layer_0"]),
+], ids=["list", "dict", "leaf", "int-leaf"])
+def test_layers_are_those_of_flow_stats(tree, names):
+    from funcgrad.flow import stats
+
+    assert tb.layer_names(tree) == names
+    assert len(names) == len(stats.layer_names(tree))
+    h = HISTOGRAMS(tree)  # the same layers, the same elements: float leaves only
+    np.testing.assert_allclose(h["sum_squares"], stats.layer_squares(tree), rtol=1e-6)
 
 
 def test_host_histograms_are_json_and_reject_missing_fields(fused_run):

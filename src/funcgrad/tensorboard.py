@@ -8,9 +8,9 @@
   (``on_log``), through tensorboardX (the optional extra ``funcgrad[tensorboard]``,
   imported only when a writer is made).
 
-Layers follow the per-layer convention of the training metrics (``layer_grad_norms``): a
-list or tuple of parameters is one layer per element, a dict one per key (sorted),
-anything else one layer.
+Layers are those of :mod:`funcgrad.flow.stats` (whose ``layer_squares`` gives the training
+metrics' ``layer_grad_norms``): a list or tuple of parameters is one layer per element, a
+dict one per key (sorted), anything else one layer.
 
 Non-finite values, strictly:
 
@@ -60,6 +60,8 @@ SCALAR_TAGS = {
 
 
 def _layers(tree: Any) -> list[Any]:
+    """The layers of :mod:`funcgrad.flow.stats`: list/tuple elements, dict values by
+    sorted key, or the whole tree."""
     if isinstance(tree, (list, tuple)):
         return list(tree)
     if isinstance(tree, dict):
@@ -68,10 +70,11 @@ def _layers(tree: Any) -> list[Any]:
 
 
 def layer_names(tree: Any) -> list[str]:
-    """One name per layer of a parameter-shaped pytree, for TensorBoard tags.
+    """One TensorBoard tag name per layer of a parameter-shaped pytree.
 
-    A list or tuple gives ``layer_0, layer_1, ...``; a dict its keys (sorted); anything
-    else ``["layer_0"]``.
+    The names of :func:`funcgrad.flow.stats.layer_names`, with ``layer_`` before a
+    number: a list or tuple gives ``layer_0, layer_1, ...``; a dict its keys (sorted);
+    anything else ``["layer_0"]``.
 
     Args:
         tree: parameters or gradients.
@@ -85,26 +88,28 @@ def layer_names(tree: Any) -> list[str]:
         >>> layer_names({"encoder": 1.0, "decoder": 2.0})
         ['decoder', 'encoder']
     """
-    if isinstance(tree, dict):
-        return [str(k) for k in sorted(tree)]
-    return [f"layer_{i}" for i in range(len(_layers(tree)))]
+    from .flow.stats import layer_names as flow_names
+
+    return [f"layer_{n}" if n.isdigit() else n for n in flow_names(tree)]
 
 
-def _check_bins(bins: Any) -> int:
+def _check_bins(bins: Any, fn: str = "layer_histograms", arg: str = "bins") -> int:
     if not isinstance(bins, (int, np.integer)) or isinstance(bins, bool) or bins < 1:
-        raise ValueError(f"layer_histograms: argument 'bins' must be an int >= 1; got {bins!r}")
+        zero = " (or 0 for none)" if arg == "histogram_bins" else ""
+        raise ValueError(f"{fn}: argument '{arg}' must be an int >= 1{zero}; got {bins!r}")
     return int(bins)
 
 
 def _leaves(part: Any) -> list[jax.Array]:
+    """The layer's floating leaves as flat float32 (integer and boolean leaves carry no
+    gradient and are left out, as in :mod:`funcgrad.flow.stats`)."""
     leaves = []
-    for leaf in jax.tree.leaves(part):
-        leaf = jnp.asarray(leaf)
-        if not (jnp.issubdtype(leaf.dtype, jnp.floating)
-                or jnp.issubdtype(leaf.dtype, jnp.integer)):
+    for leaf in map(jnp.asarray, jax.tree.leaves(part)):
+        if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
             raise TypeError(f"layer_histograms: argument 'grads' must hold real numbers; got "
                             f"a leaf of dtype {leaf.dtype}")
-        leaves.append(jnp.ravel(leaf).astype(jnp.float32))
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            leaves.append(jnp.ravel(leaf).astype(jnp.float32))
     return leaves or [jnp.zeros((0,), jnp.float32)]
 
 
@@ -167,7 +172,8 @@ def _one_histogram(part: Any, bins: int) -> dict[str, jax.Array]:
 def layer_histograms(grads: Any, bins: int = 30) -> dict[str, jax.Array]:
     """Per-layer histograms of a gradient pytree, computed on the device (jit-able).
 
-    Each layer's finite elements (all its leaves together, as float32) are binned into
+    Each layer's finite elements (all its floating leaves together, as float32; integer
+    and boolean leaves carry no gradient and are left out) are binned into
     ``bins`` equal bins spanning their minimum to maximum; bin ``j`` holds
     ``edges[j] <= x < edges[j + 1]`` and the last bin also holds the maximum, as in
     ``numpy.histogram``. A layer whose finite elements are all equal (or absent) is binned
@@ -175,8 +181,9 @@ def layer_histograms(grads: Any, bins: int = 30) -> dict[str, jax.Array]:
     Every output has a fixed shape, so the result can be part of a jitted step's metrics.
 
     Args:
-        grads: a parameter-shaped pytree of real arrays (list/tuple: one layer per element;
-            dict: one per sorted key; anything else: one layer).
+        grads: a parameter-shaped pytree of real arrays, split into layers as
+            :func:`funcgrad.flow.stats.layer_squares` does (list/tuple: one layer per
+            element; dict: one per sorted key; anything else: one layer).
         bins: number of bins, an int >= 1.
 
     Returns:
@@ -187,7 +194,7 @@ def layer_histograms(grads: Any, bins: int = 30) -> dict[str, jax.Array]:
 
     Raises:
         ValueError: if ``bins`` is not an int >= 1.
-        TypeError: if a leaf is not a real (float or int) array.
+        TypeError: if a leaf is complex.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -298,6 +305,8 @@ class TensorBoardWriter:
         logdir: directory of the event files; created if missing.
         layer_names: tag names of the layers (e.g. :func:`layer_names` of the params);
             default ``layer_0, layer_1, ...``.
+        histogram_bins: bins of the gradient histograms that a training loop given this
+            writer computes in each step (:func:`layer_histograms`); 0 for none.
         flush_secs: how often tensorboardX flushes to disk, in seconds.
 
     Raises:
@@ -312,8 +321,11 @@ class TensorBoardWriter:
     """
 
     def __init__(self, logdir: str | os.PathLike, *, layer_names: Sequence[str] | None = None,
-                 flush_secs: int = 10) -> None:
+                 histogram_bins: int = 30, flush_secs: int = 10) -> None:
         tensorboardx = _import_tensorboardx()
+        none = type(histogram_bins) is int and histogram_bins == 0
+        self.histogram_bins = 0 if none else _check_bins(histogram_bins, "TensorBoardWriter",
+                                                         "histogram_bins")
         self.logdir = check_logdir(logdir)
         if layer_names is not None and (isinstance(layer_names, str) or not all(
                 isinstance(n, str) and n for n in layer_names)):
