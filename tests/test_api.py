@@ -7,12 +7,13 @@ import subprocess
 import sys
 
 import funcgrad as fg
+import funcgrad.cli._args
 import funcgrad.testing
 
 
 def _public_functions():
     for mod in (fg, funcgrad.testing, fg.nn, fg.train, fg.data, fg.parallel, fg.checkpoint,
-                fg.flow):
+                fg.flow, fg.experiments, funcgrad.cli._args):
         for name in mod.__all__:
             obj = getattr(mod, name)
             if inspect.isfunction(obj):

@@ -39,19 +39,29 @@ def test_help_answers_without_importing_jax(argv):
     assert result["seconds"] < 0.5
 
 
+# CPU time of this process: the machine is shared, so wall time would measure the others
 _BUDGET = """
 import json, time
 import jax, jax.numpy
-t0 = time.perf_counter()
+t0 = time.process_time()
 import funcgrad
-funcgrad.relu, funcgrad.PRIMITIVES  # the eager part a user touches first
-print(json.dumps({"ms": (time.perf_counter() - t0) * 1e3}))
+t1 = time.process_time()
+funcgrad.relu, funcgrad.PRIMITIVES  # the part a user touches first
+print(json.dumps({"import": (t1 - t0) * 1e3, "touched": (time.process_time() - t0) * 1e3}))
 """
 
 
-def test_import_funcgrad_adds_at_most_50_ms_to_import_jax():
-    runs = [_run(_BUDGET)["ms"] for _ in range(5)]
-    assert statistics.median(runs) <= 50.0, runs
+@pytest.fixture(scope="module")
+def budget_runs():
+    return [_run(_BUDGET) for _ in range(5)]
+
+
+def test_import_funcgrad_adds_at_most_50_ms_to_import_jax(budget_runs):
+    assert statistics.median(r["import"] for r in budget_runs) <= 50.0, budget_runs
+
+
+def test_primitives_and_registry_load_within_the_same_budget(budget_runs):
+    assert statistics.median(r["touched"] for r in budget_runs) <= 50.0, budget_runs
 
 
 def test_import_funcgrad_alone_loads_nothing_heavy():
@@ -68,6 +78,7 @@ def test_lazy_names_resolve_and_dir_is_complete():
     assert fg.fit is fg.train.fit and fg.TrainState is fg.train.TrainState
     assert fg.relu is fg.primitives.relu and fg.Graph is fg.explain.Graph
     assert set(fg.primitives.__all__) <= set(fg.__all__)
+    assert set(fg.__all__) == {*fg._NAMES, *fg._SUBMODULES, "__version__"}
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         fg.nonexistent  # noqa: B018
 

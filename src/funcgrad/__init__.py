@@ -51,6 +51,7 @@ __all__ = [
     "dense",
     "div",
     "exp",
+    "experiments",
     "explain",
     "fit",
     "flow",
