@@ -165,7 +165,7 @@ def browser(tmp_path_factory):
 class Page:
     """A loaded page with the console errors and the network requests it made."""
 
-    def __init__(self, context, html: str) -> None:
+    def __init__(self, context, html: str, ready: str | None = "window.fgPlayer") -> None:
         self.errors: list[str] = []
         self.requests: list[str] = []
         self.page = page = context.new_page()
@@ -176,7 +176,8 @@ class Page:
                    else route.continue_())
         start = time.perf_counter()
         page.set_content(html)
-        page.wait_for_function("window.fgPlayer !== undefined")
+        if ready:
+            page.wait_for_function(ready)
         self.load_s = time.perf_counter() - start
 
     @staticmethod
@@ -233,11 +234,19 @@ def test_lesson_page_loads_offline_without_errors(browser, lesson_page):
 
 
 def test_the_request_and_error_checks_can_fail(browser):
-    page = Page(browser, '<img src="http://example.invalid/x.png"><script>window.fgPlayer = 1;'
-                         'console.error("boom")</script>')
+    page = Page(browser, '<img src="http://example.invalid/x.png">'
+                         '<script>console.error("boom")</script>', ready=None)
     page.page.wait_for_timeout(200)
     assert page.requests == ["http://example.invalid/x.png"] and "boom" in page.errors
     page.page.close()
+
+
+def test_notebook_frame_runs_the_player(browser, lesson):
+    page = Page(browser, repr_html(lesson), ready=None)
+    frame = page.page.frame_locator("iframe")
+    frame.locator("#fg-next").click()
+    assert frame.locator('g.node[data-name="y"] text.val').text_content() == "= 6"
+    page.close()
 
 
 def test_stepping_shows_the_lessons_numbers_in_order(open_page, lesson_page):
