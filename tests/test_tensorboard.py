@@ -302,6 +302,9 @@ def test_logdir_that_is_a_file(tmp_path, reader):
         tb.TensorBoardWriter(target / "run")
     with pytest.raises(TypeError, match="argument 'logdir' must be a str or path; got int"):
         tb.TensorBoardWriter(3)
+    with pytest.raises(ValueError, match=r"^--tensorboard must be a directory; got '.*events', "
+                                         r"an existing file$"):
+        tb.check_logdir(target, name="--tensorboard")
 
 
 def test_logdir_that_is_not_writable(tmp_path, reader, monkeypatch):
@@ -325,11 +328,13 @@ def test_logdir_without_write_permission(tmp_path, reader):
 
 def test_missing_tensorboardx_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import fails as if absent
-    with pytest.raises(ModuleNotFoundError, match=r'TensorBoardWriter: needs tensorboardX, '
+    with pytest.raises(ModuleNotFoundError, match=r'TensorBoardWriter needs tensorboardX, '
                                                   r'which is not installed; install the '
                                                   r'extra: pip install "funcgrad\[tensorboard\]"'):
         tb.TensorBoardWriter(tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing created before the check
+    with pytest.raises(ModuleNotFoundError, match=r'^--tensorboard needs tensorboardX'):
+        tb.require_tensorboardx("--tensorboard")
 
 
 def test_import_funcgrad_does_not_load_tensorboardx():

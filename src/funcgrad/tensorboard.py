@@ -41,6 +41,7 @@ __all__ = [
     "host_histograms",
     "layer_histograms",
     "layer_names",
+    "require_tensorboardx",
 ]
 
 INSTALL_HINT = 'pip install "funcgrad[tensorboard]"'
@@ -239,49 +240,60 @@ def host_histograms(histograms: Mapping[str, Any]) -> dict[str, list]:
     return {k: np.asarray(v).tolist() for k, v in fetched.items()}
 
 
-def _import_tensorboardx() -> Any:
+def require_tensorboardx(name: str = "TensorBoardWriter") -> Any:
+    """Import tensorboardX, or fail with one line that names the extra to install.
+
+    Args:
+        name: who needs it, for the message (e.g. ``"--tensorboard"`` in the CLI).
+
+    Returns:
+        The ``tensorboardX`` module.
+
+    Raises:
+        ModuleNotFoundError: ``<name> needs tensorboardX, which is not installed; install
+            the extra: pip install "funcgrad[tensorboard]"``.
+    """
     try:
         import tensorboardX
     except ImportError as e:
-        raise ModuleNotFoundError(f"TensorBoardWriter: needs tensorboardX, which is not "
-                                  f"installed; install the extra: {INSTALL_HINT}") from e
+        raise ModuleNotFoundError(f"{name} needs tensorboardX, which is not installed; "
+                                  f"install the extra: {INSTALL_HINT}") from e
     return tensorboardX
 
 
-def check_logdir(logdir: Any) -> Path:
+def check_logdir(logdir: Any, name: str = "TensorBoardWriter: argument 'logdir'") -> Path:
     """Validate (and create) a log directory, before any training time is spent.
 
     Args:
         logdir: a path to a directory that exists or can be created, and is writable.
+        name: what the messages call it (e.g. ``"--tensorboard"`` in the CLI).
 
     Returns:
         The directory as a :class:`pathlib.Path`.
 
     Raises:
         TypeError: if ``logdir`` is not a str or path.
-        ValueError: if ``logdir`` is empty or an existing non-directory (e.g. a file).
+        ValueError: if ``logdir`` is empty, an existing non-directory (e.g. a file), or
+            under one.
         PermissionError: if the directory cannot be created or written.
     """
     if not isinstance(logdir, (str, os.PathLike)) or isinstance(logdir, bytes):
-        raise TypeError(f"TensorBoardWriter: argument 'logdir' must be a str or path; got "
-                        f"{type(logdir).__name__}")
+        raise TypeError(f"{name} must be a str or path; got {type(logdir).__name__}")
     if str(logdir) == "":
-        raise ValueError("TensorBoardWriter: argument 'logdir' must be a directory path; "
-                         "got ''")
+        raise ValueError(f"{name} must be a directory path; got ''")
     path = Path(logdir)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"TensorBoardWriter: argument 'logdir' must be a directory; got "
-                         f"'{path}', an existing file")
+        raise ValueError(f"{name} must be a directory; got '{path}', an existing file")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except (NotADirectoryError, FileExistsError) as e:
-        raise ValueError(f"TensorBoardWriter: argument 'logdir' must be a directory; got "
-                         f"'{path}', under an existing file ({e.strerror})") from e
+        raise ValueError(f"{name} must be a directory; got '{path}', under an existing file "
+                         f"({e.strerror})") from e
     except OSError as e:
-        raise PermissionError(f"TensorBoardWriter: argument 'logdir' must be a writable "
-                              f"directory; cannot write to '{path}' ({e.strerror})") from e
+        raise PermissionError(f"{name} must be a writable directory; cannot write to "
+                              f"'{path}' ({e.strerror})") from e
     return path
 
 
@@ -322,7 +334,7 @@ class TensorBoardWriter:
 
     def __init__(self, logdir: str | os.PathLike, *, layer_names: Sequence[str] | None = None,
                  histogram_bins: int = 30, flush_secs: int = 10) -> None:
-        tensorboardx = _import_tensorboardx()
+        tensorboardx = require_tensorboardx()
         none = type(histogram_bins) is int and histogram_bins == 0
         self.histogram_bins = 0 if none else _check_bins(histogram_bins, "TensorBoardWriter",
                                                          "histogram_bins")
