@@ -318,11 +318,11 @@ def page_data(graph: GraphModel, *, learning_rate: float | None = 0.1,
     by_id = {d["id"]: d for d in nodes}
     preds = {b.ids[id(n)]: [b.ids[id(i)] for i in n.inputs] for n in graph.all_nodes}
     groups = _groups(graph, b.ids, by_id, preds)
-    opened = len(graph.nodes) > max_nodes if collapse is None else collapse
+    collapsed = len(graph.nodes) > max_nodes if collapse is None else collapse
     top = [d["id"] for d in nodes if "group" not in d]
     top_preds = {}
     for gr in groups:
-        gr["collapsed"] = bool(opened)
+        gr["collapsed"] = bool(collapsed)
         for m in gr["members"]:
             top_preds.setdefault(gr["id"], []).extend(preds[m])
     rep = {m: gr["id"] for gr in groups for m in gr["members"]}

@@ -146,7 +146,7 @@
     var focus = {};
     (cur.f || []).forEach(function (i) { focus[rep(i)] = 1; });
     function fill(id, n) {
-      setText(id, "val", v[n.id] ? (n.kind === "group" ? "" : "= ") + n.value : "= ?");
+      setText(id, "val", v[n.id] ? "= " + n.value : "= ?");
       setText(id, "grad", gr[n.id] && n.grad ? n.grad : "");
       setText(id, "upd", u[n.id] && n.update ? n.update : "");
       els[id].box.classList.toggle("focus", !!focus[id]);
