@@ -32,6 +32,10 @@ __all__ = ["Arg", "Primitive", "PRIMITIVES", "sample_args", "derivative_table", 
 
 Shape = tuple[int, ...]
 
+# The records are defined below the registry (primitives import nothing above them); their
+# documented home is here.
+Arg.__module__ = Primitive.__module__ = __name__
+
 #: name -> :class:`Primitive`: a read-only, live view of every registered primitive (the
 #: built-ins and every primitive made with :func:`funcgrad.primitive`).
 PRIMITIVES: Mapping[str, Primitive] = MappingProxyType(_record._STORE)

@@ -4,7 +4,20 @@ Every built-in primitive is defined through :func:`primitive`, the same call use
 their own rules. The factory builds the ``jax.custom_vjp``, tags each call with
 ``jax.named_scope("funcgrad.<name>")`` (the only way tools recognise a primitive), checks and
 converts the inputs, validates the backward rule's cotangents at trace time, and registers a
-:class:`~funcgrad.primitives._record.Primitive` record next to the rule.
+:class:`~funcgrad.registry.Primitive` record next to the rule.
+
+The decorator form, as the built-ins use it::
+
+    def _relu_bwd(y, g):
+        return (jnp.where(y > 0, g, jnp.zeros_like(g)),)   # relu'(x) = 1 if x > 0 else 0
+
+    @primitive(bwd=_relu_bwd, reference=jax.nn.relu, formula="relu'(x) = 1 if x > 0 else 0",
+               residuals="output y (mask y > 0)", kinks="relu'(0) = 0",
+               kink_points=((0.0, 0.0),))
+    def relu(x):
+        '''Rectified linear unit ``max(0, x)``. ...'''
+        y = jnp.maximum(x, 0)
+        return y, y                 # the output, and the residual for _relu_bwd
 """
 
 from __future__ import annotations
@@ -271,105 +284,62 @@ def _docstring(doc: str | None, record: Primitive) -> str:
 
 
 def primitive(
-    fn: Callable | None = None,
-    *,
-    name: str | None = None,
-    fwd: Callable | None = None,
-    bwd: Callable,
-    formula: str,
-    reference: Callable | None = None,
-    residuals: str = "",
-    static: Sequence[str] = (),
-    nondiff: Sequence[str] = (),
-    labels: Sequence[str] = (),
-    pytree: Sequence[str] = (),
-    domain: Mapping[str, str] | None = None,
-    unbroadcast: bool = False,
-    promote: bool = True,
-    check: Callable | None = None,
-    sample_shapes: Sequence[Any] | None = None,
-    params: Mapping[str, Any] | None = None,
-    kinks: str = "",
-    kink_points: Sequence[tuple[float, float]] = (),
-    edge_points: Sequence[float] = (),
-    precision: str = "",
-    category: str = "custom",
+    fn: Callable | None = None, *, name: str | None = None, fwd: Callable | None = None,
+    bwd: Callable, formula: str, reference: Callable | None = None, residuals: str = "",
+    static: Sequence[str] = (), nondiff: Sequence[str] = (), labels: Sequence[str] = (),
+    pytree: Sequence[str] = (), domain: Mapping[str, str] | None = None,
+    unbroadcast: bool = False, promote: bool = True, check: Callable | None = None,
+    sample_shapes: Sequence[Any] | None = None, params: Mapping[str, Any] | None = None,
+    kinks: str = "", kink_points: Sequence[tuple[float, float]] = (),
+    edge_points: Sequence[float] = (), precision: str = "", category: str = "custom",
     replace: bool = False,
 ) -> Any:
     """Make a funcgrad primitive from a hand-written forward and backward rule.
 
-    Keyword form: ``prim = primitive(name=..., fwd=..., bwd=..., formula=...)``. Decorator
-    form: leave out ``fwd`` and decorate it; the decorated function's docstring, name and
-    signature become the primitive's (the name defaults to the function's)::
-
-        @primitive(bwd=_relu_bwd, formula="relu'(x) = 1 if x > 0 else 0")
-        def relu(x):
-            '''Rectified linear unit.'''
-            y = jnp.maximum(x, 0)
-            return y, y              # the output, and the residuals for bwd
-
-    The result is a plain function with ``fwd``'s signature that returns the output only.
-    It works under ``jit``, ``vmap``, ``scan``, ``checkpoint`` and grad-of-grad; each call
-    runs inside ``jax.named_scope("funcgrad.<name>")``, and a record (formula, residuals,
-    domain, kinks, sample shapes, reference) is added to :data:`funcgrad.PRIMITIVES`.
-    ``prim.vjp(*args)`` runs ``fwd`` then ``bwd`` with a cotangent of ones, without JAX
-    autodiff, and returns the cotangents as Python numbers or lists.
-
-    The rule's contract:
-
-    * ``fwd(*args)`` receives every argument in signature order (arrays converted to
-      floating arrays, static values as given) and returns ``(output, residuals)``;
-    * ``bwd(residuals, g, **static)`` returns a tuple with one cotangent per array argument,
-      each with exactly that argument's shape and dtype (``None`` for a ``nondiff`` or
-      ``labels`` argument, or leave those out). If ``bwd`` takes a keyword ``primals``, it
-      also receives the array arguments' shapes and dtypes (``jax.ShapeDtypeStruct``).
+    Keyword form: ``primitive(name=..., fwd=..., bwd=..., formula=...)``; decorator form:
+    leave out ``fwd`` and decorate it (its docstring, name and signature are kept).
+    ``fwd(*args)`` returns ``(output, residuals)``; ``bwd(residuals, g, **static)`` returns
+    one cotangent per array argument, of its shape and dtype (``None`` or nothing for
+    ``nondiff``/``labels``); a ``bwd`` taking ``primals`` also gets the arrays' shapes. Each
+    call runs in ``jax.named_scope("funcgrad.<name>")``; the record goes to ``PRIMITIVES``.
+    ``prim.vjp(*args)`` runs ``fwd`` then ``bwd`` with ones, without autodiff;
+    ``prim.variant(name=..., **changes)`` copies it; ``prim.record`` is its record.
 
     Args:
-        fn: the forward rule, in the decorator form (leave it out in the keyword form).
-        name: the registry name; calls are tagged ``funcgrad.<name>``.
-        fwd: the forward rule (keyword form).
+        fn: the forward rule, in the decorator form.
+        name: registry name (default: the decorated function's); calls are tagged with it.
+        fwd: the forward rule, in the keyword form.
         bwd: the backward rule, whose body is the formula.
         formula: the derivative, for people; written once, here.
-        reference: an optional plain-``jnp`` version of the function, the oracle for the
-            checker. Kept private: reach it through the registry record.
+        reference: optional plain-``jnp`` version, the checker's oracle (kept private).
         residuals: what ``fwd`` saves, for people.
-        static: parameters that are hashable Python values (axes, exponents, slopes), not
-            arrays; ``bwd`` receives them as keyword arguments.
-        nondiff: float array parameters that get no gradient (constants, masks).
-        labels: integer array parameters (class indices) that get no gradient.
-        pytree: array parameters that are pytrees (a dict of weights, ...); others must be
-            a single array or number.
-        domain: where the checker samples each argument: ``"real"`` (default),
-            ``"positive"``, ``"nonzero"`` or ``"unit"``.
-        unbroadcast: the array arguments broadcast together (NumPy rules): their shapes are
-            checked, and each cotangent is summed back to its argument's shape with
-            :func:`~funcgrad.primitives.unbroadcast`.
+        static: hashable Python parameters (axes, slopes); ``bwd`` gets them by keyword.
+        nondiff: float array parameters with no gradient (constants, masks).
+        labels: integer array parameters (class indices) with no gradient.
+        pytree: parameters that are pytrees of arrays (others: one array or number).
+        domain: per argument, ``"real"`` (default), ``"positive"``, ``"nonzero"``, ``"unit"``.
+        unbroadcast: arguments broadcast together; cotangents are summed back to shape.
         promote: convert the differentiable arrays to one common floating dtype.
-        check: optional ``check(*args)`` run on the converted arguments before the rule;
-            it raises on bad input, and may return a dict of replaced argument values.
-        sample_shapes: the shapes the checker draws (one shape, or pytree of shapes, per
-            array argument, per case); default ``UNARY_SHAPES`` for one argument.
+        check: ``check(*args)``: raises on bad input, may return replaced argument values.
+        sample_shapes: per case, one shape (or pytree of shapes) per array argument.
         params: static keyword values the checker passes to the function and reference.
         kinks: the convention at non-differentiable points, for people.
-        kink_points: ``(x, derivative)`` pairs that the checker asserts exactly.
+        kink_points: ``(x, derivative)`` pairs the checker asserts exactly.
         edge_points: inputs where low-precision gradients must match a float64 truth.
         precision: notes on numerical stability.
-        category: a grouping for tables (``"custom"`` for user rules).
+        category: grouping for tables (``"custom"`` for user rules).
         replace: replace a primitive already registered under ``name``.
 
     Returns:
-        The primitive (or, in the decorator form, a decorator that returns it).
+        The primitive (in the decorator form, a decorator that returns it).
 
     Raises:
-        ValueError: when ``name`` is taken (and ``replace`` is false), or a declaration
-            names an unknown parameter.
-        RuleError: at trace time, when ``bwd`` returns cotangents of the wrong structure,
-            shape or dtype.
+        ValueError: ``name`` is taken (without ``replace``) or a declaration is unknown.
+        RuleError: at trace time, when ``bwd`` returns the wrong structure, shape or dtype.
 
     Examples:
         >>> import jax.numpy as jnp
         >>> from funcgrad import registry
-        >>> from funcgrad.primitives import primitive
         >>> softsign = primitive(
         ...     name="softsign_doc",
         ...     fwd=lambda x: (x / (1 + jnp.abs(x)), (x,)),
@@ -377,31 +347,21 @@ def primitive(
         ...     formula="softsign'(x) = 1 / (1 + |x|)^2",
         ...     reference=lambda x: x / (1 + jnp.abs(x)),
         ... )
-        >>> float(softsign(1.0)), softsign.vjp(1.0)
-        (0.5, (0.25,))
-        >>> "softsign_doc" in registry.PRIMITIVES
-        True
-        >>> _ = registry.unregister("softsign_doc")
+        >>> float(softsign(1.0)), softsign.vjp(1.0), registry.unregister("softsign_doc").name
+        (0.5, (0.25,), 'softsign_doc')
     """
-    options = dict(bwd=bwd, formula=formula, reference=reference, residuals=residuals,
-                   static=static, nondiff=nondiff, labels=labels, pytree=pytree,
-                   domain=domain, unbroadcast=unbroadcast, promote=promote, check=check,
-                   sample_shapes=sample_shapes, params=params, kinks=kinks,
-                   kink_points=kink_points, edge_points=edge_points, precision=precision,
-                   category=category, replace=replace)
-    if fwd is None and fn is None:
-        def decorate(f: Callable) -> Callable:
-            return _make(f, name or f.__name__, f.__module__, f.__doc__, True, **options)
-        return decorate
+    options = {k: v for k, v in locals().items() if k not in ("fn", "name", "fwd")}
     if fwd is not None and fn is not None:
         raise TypeError("primitive: pass the forward rule either as 'fwd' or as the "
                         "decorated function, not both")
-    f = fwd if fwd is not None else fn
+    if fwd is None and fn is None:
+        return lambda f: _make(f, name or f.__name__, f.__module__, f.__doc__, True, **options)
     if name is None:
         raise TypeError("primitive: argument 'name' is required in the keyword form")
     module = sys._getframe(1).f_globals.get("__name__", "__main__")
-    return _make(f, name, module, getattr(f, "__doc__", None) if fn is not None else None,
-                 fn is not None, **options)
+    f = fwd if fwd is not None else fn
+    return _make(f, name, module, f.__doc__ if fn is not None else None, fn is not None,
+                 **options)
 
 
 def _make(f: Callable, name: str, module: str, doc: str | None, decorated: bool,
