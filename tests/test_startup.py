@@ -78,7 +78,8 @@ def test_lazy_names_resolve_and_dir_is_complete():
     assert fg.fit is fg.train.fit and fg.TrainState is fg.train.TrainState
     assert fg.relu is fg.primitives.relu and fg.Graph is fg.explain.Graph
     assert set(fg.primitives.__all__) <= set(fg.__all__)
-    assert set(fg.__all__) == {*fg._NAMES, *fg._SUBMODULES, "__version__"}
+    assert set(fg.__all__) == {*fg._NAMES, *fg._SUBMODULES, "__version__"} - {"primitives"}
+    assert set(fg._SUBMODULES) <= set(dir(fg))
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         fg.nonexistent  # noqa: B018
 

@@ -68,7 +68,6 @@ __all__ = [
     "parallel",
     "power",
     "primitive",
-    "primitives",
     "registry",
     "relu",
     "sigmoid",
@@ -99,4 +98,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted({*globals(), *__all__, *_SUBMODULES})

@@ -40,3 +40,10 @@ __all__ = [
     "measure_clipped_norm",
     "optimizer",
 ]
+
+# documented (and pickled) under the public package, not the private module
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith(f"{__name__}._"):
+        _obj.__module__ = __name__
+del _name, _obj
