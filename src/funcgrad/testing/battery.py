@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .compare import TOLERANCES, Comparison, Tolerance, compare
-from .vjp import _Leaves, _vjps, check_vjp
+from .compare import TOLERANCES, Comparison, Tolerance, compare, merge
+from .vjp import _cotangents, _Leaves, _vjps, check_vjp
 
 __all__ = ["Row", "PrimitiveReport", "CHECKS", "check_primitive", "check_registry"]
 
@@ -105,6 +105,37 @@ class PrimitiveReport:
         return "\n".join(lines)
 
 
+def _is_shape(s: Any) -> bool:
+    return isinstance(s, tuple) and all(isinstance(d, int) for d in s)
+
+
+def _draw(domain: str, shape: tuple, rng: np.random.Generator) -> np.ndarray:
+    if domain == "unit":
+        return rng.uniform(size=shape)
+    x = rng.standard_normal(shape)
+    if domain == "positive":
+        return 0.5 + np.abs(x)
+    if domain == "nonzero":
+        return np.where(x >= 0, 0.5 + x, x - 0.5)
+    return x
+
+
+def _sample(prim: Any, seed: int, shapes: Any, dtype: Any) -> tuple:
+    """Arguments inside each argument's domain, like ``registry.sample_args``, drawn with
+    NumPy: no device program is compiled per sample shape."""
+    rng = np.random.default_rng(seed)
+    out: list[Any] = []
+    for arg, shape in zip(prim.args, shapes, strict=True):
+        if arg.kind == "labels":
+            num = prim.sample_shapes[0][0][-1] if not out else jax.tree.leaves(out[0])[0].shape[-1]
+            out.append(jnp.asarray(rng.integers(0, num, size=shape).astype(np.int32)))
+            continue
+        leaves, treedef = jax.tree.flatten(shape, is_leaf=_is_shape)
+        drawn = [jnp.asarray(_draw(arg.domain, s, rng).astype(jnp.dtype(dtype))) for s in leaves]
+        out.append(jax.tree.unflatten(treedef, drawn))
+    return tuple(out)
+
+
 def _error_text(exc: BaseException) -> str:
     msg = str(exc).strip().splitlines()
     first = next((m for m in msg if m.strip()), "")
@@ -124,18 +155,14 @@ class _Battery:
     """Shared state of one primitive's checks: samples, leaves, the rows found so far."""
 
     def __init__(self, prim: Any, seed: int):
-        from ..registry import sample_args
-
         self.prim, self.seed, self.rows = prim, seed, {}
-        self.key = jax.random.PRNGKey(seed)
-        self.sample = sample_args
         self.names = [a.name for a in prim.args]
         self.argnums = [i for i, a in enumerate(prim.args) if a.kind == "float"]
         self.ref = prim.call_reference if getattr(prim, "reference", None) is not None else None
 
-    def args(self, dtype: Any, shapes: Any = None) -> tuple:
+    def args(self, dtype: Any, shapes: Any = None, seed: int | None = None) -> tuple:
         shapes = self.prim.sample_shapes[0] if shapes is None else shapes
-        return self.sample(self.prim, self.key, shapes, dtype)
+        return _sample(self.prim, self.seed if seed is None else seed, shapes, dtype)
 
     def put(self, check: str, ok: bool, detail: str = "") -> None:
         old = self.rows.get(check)
@@ -187,17 +214,48 @@ def _primal(b: _Battery) -> None:
 
 
 def _reference(b: _Battery, shape_list: Sequence[Any]) -> None:
-    """float32 VJP against the reference (or the rule's float64 VJP) over the shape grid."""
-    worst = 0.0
-    for shapes in shape_list:
-        r = b.vjp(b.prim.call, args=b.args(jnp.float32, shapes), reference=b.ref,
-                  finite_differences=False, num_cotangents=2)
-        worst = max(worst, r.max_abs_err)
-        for c in r.comparisons:
-            if not c.ok:
-                b.put("reference", False, f"shapes {shapes}: {_summary(c)}")
-    against = "reference" if b.ref is not None else "the rule's float64 VJP"
-    b.put("reference", True, f"{len(shape_list)} shape(s) vs {against}, max abs err "
+    """float32 VJP against the reference (or the rule's float64 VJP) over the shape grid.
+
+    With a reference, every shape runs in one compiled program.
+    """
+    if b.ref is None:
+        worst = 0.0
+        for shapes in shape_list:
+            r = b.vjp(b.prim.call, args=b.args(jnp.float32, shapes), finite_differences=False,
+                      num_cotangents=2)
+            worst = max(worst, r.max_abs_err)
+            for c in r.comparisons:
+                if not c.ok:
+                    b.put("reference", False, f"shapes {shapes}: {_summary(c)}")
+        return b.put("reference", True, f"{len(shape_list)} shape(s) vs the rule's float64 "
+                     f"VJP, max abs err {worst:.1e}")
+    cases = []
+    for k, shapes in enumerate(shape_list):
+        lv = _Leaves(b.args(jnp.float32, shapes, seed=b.seed + k), b.argnums)
+        outs = jax.eval_shape(lv.function(b.prim.call), *lv.values)
+        cases.append((shapes, lv, _cotangents(outs, 2, b.seed + k)))
+
+    def program(xs, cts):
+        return [(_vjps(lv.function(b.prim.call), x, c)[1],
+                 _vjps(lv.function(b.ref), x, c)[1])
+                for (_, lv, _), x, c in zip(cases, xs, cts, strict=True)]
+
+    results = jax.jit(program)([lv.values for _, lv, _ in cases], [c for *_, c in cases])
+    worst, tol = 0.0, TOLERANCES["float32"]
+    for (shapes, lv, _), (got, want) in zip(cases, results, strict=True):
+        for grads in got:
+            for p, path, gi, xi in zip(lv.pos, lv.paths, grads, lv.values, strict=True):
+                if gi.shape != xi.shape or gi.dtype != xi.dtype:
+                    return b.put("reference", False, f"shapes {shapes}: cotangent of "
+                                 f"{b.names[p]!r}{path} has shape/dtype {gi.shape}/{gi.dtype},"
+                                 f" expected {xi.shape}/{xi.dtype}")
+        c = merge("reference", [compare("reference", a, w, lv.pos, b.names, tol, k,
+                                        paths=lv.paths)
+                                for k, (a, w) in enumerate(zip(got, want, strict=True))])
+        worst = max(worst, c.max_abs_err)
+        if not c.ok:
+            b.put("reference", False, f"shapes {shapes}: {_summary(c)}")
+    b.put("reference", True, f"{len(shape_list)} shape(s) vs reference, max abs err "
           f"{worst:.1e}")
 
 
@@ -244,7 +302,8 @@ def _kinks(b: _Battery) -> None:
     declared = np.array([float(p[1]) for p in points])
     for dt in ("float32", "float64"):
         with jax.enable_x64(dt == "float64"):
-            got = np.asarray(_rule_grad(b.prim.call)(jnp.asarray(xs, dt)), np.float64)
+            got = np.asarray(_rule_grad(b.prim.call)(jnp.asarray(np.asarray(xs, dt))),
+                             np.float64)
         tol = TOLERANCES[dt]
         c = compare("kinks", [got], [declared.astype(dt).astype(np.float64)], [0],
                     b.names, Tolerance(tol.rtol, 0.0, tol.floor), relative=True)
@@ -255,12 +314,15 @@ def _kinks(b: _Battery) -> None:
     b.put("kinks", True, "declared at x = " + ", ".join(f"{x:g}" for x in xs))
 
 
-def _point_vjp(g: Callable[..., list]) -> Callable[[jax.Array], tuple]:
-    """Jitted, vmapped ``x -> (outputs, cotangent for ones)`` over a stack of inputs."""
+def _point_vjps(gs: Sequence[Callable[..., list]]) -> Callable[[jax.Array], list]:
+    """Vmapped ``x -> [(outputs, cotangent for ones)]`` of several functions (traceable)."""
     def f(x):
-        outs, pull = jax.vjp(g, x)
-        return outs, pull([jnp.ones_like(o) for o in outs])[0]
-    return jax.jit(jax.vmap(f))
+        res = []
+        for g in gs:
+            outs, pull = jax.vjp(g, x)
+            res.append((outs, pull([jnp.ones_like(o) for o in outs])[0]))
+        return res
+    return jax.vmap(f)
 
 
 def _edge_point(b: _Battery, dt: str, p: float, got: list, truths: list,
@@ -274,7 +336,7 @@ def _edge_point(b: _Battery, dt: str, p: float, got: list, truths: list,
     first = None
     for want in truths:
         c = compare(check, got, want, [0] * len(got), b.names, tol or TOLERANCES[dt],
-                    relative=True)
+                    relative=True, round_to=jnp.dtype(dt))
         if c.ok:
             return
         first = first or c
@@ -300,26 +362,31 @@ def _edges(b: _Battery) -> None:
         return b.put("edge points", True, "needs exactly one float argument")
     base = np.zeros(()) if b.unary_elementwise() else np.asarray(lv.values[0], np.float64)
     stack = points.reshape((-1,) + (1,) * base.ndim) + base
-    checked = []
+    inputs = {}
     for dt in ("float32", "float16", "bfloat16"):
-        xd = jnp.asarray(stack, jnp.float32).astype(dt)
-        keep = np.isfinite(np.asarray(xd.astype(jnp.float32))).reshape(len(points), -1).all(1)
-        if not keep.any():
-            continue
-        xd = xd[keep]
-        outs, got = _point_vjp(lv.function(b.prim.call, dt))(xd)
-        with jax.enable_x64(True):  # truths: the rule's own float64 VJP, and the reference's
-            x64 = xd.astype(jnp.float64)
-            truths = [_point_vjp(lv.function(f, jnp.float64))(x64)
-                      for f in (b.prim.call, b.ref) if f is not None]
-        for i, p in enumerate(points[keep]):
+        rounded = stack.astype(jnp.dtype(dt))
+        keep = np.isfinite(rounded.astype(np.float64)).reshape(len(points), -1).all(1)
+        if keep.any():
+            inputs[dt] = (keep, rounded[keep])
+    fns = [f for f in (b.prim.call, b.ref) if f is not None]
+
+    def program(xs):  # every dtype and both float64 truths in one compiled program
+        return {dt: (_point_vjps([lv.function(b.prim.call, dt)])(xd)[0],
+                     _point_vjps([lv.function(f, jnp.float64) for f in fns])(x64))
+                for dt, (xd, x64) in xs.items()}
+
+    with jax.enable_x64(True):
+        results = jax.jit(program)({dt: (jnp.asarray(r), jnp.asarray(r.astype(np.float64)))
+                                    for dt, (_, r) in inputs.items()})
+    for dt, ((outs, got), truths) in results.items():
+        for i, p in enumerate(points[inputs[dt][0]]):
             if len(truths) == 2:  # the two truths must roughly agree (formula, not rounding)
                 _edge_point(b, "float64", p, [truths[0][1][i]], [[truths[1][1][i]]],
                             tol=_AGREE)
             _edge_point(b, dt, p, [got[i]], [[t[1][i]] for t in truths])
             _edge_point(b, dt, p, [o[i] for o in outs], [[o[i] for o in t[0]]
                                                          for t in truths[-1:]], "primal")
-        checked.append(dt)
+    checked = list(results)
     at = "x = " if not base.ndim else "x + p, p = "
     b.put("edge points", True, at + ", ".join(f"{p:g}" for p in points) + " in "
           + "/".join(checked))
@@ -363,12 +430,11 @@ def _transforms(b: _Battery, wanted: Sequence[str]) -> None:
     """The VJP under jit, vmap, scan and jax.checkpoint equals the plain one (float32)."""
     args = b.args(jnp.float32)
     lv = _Leaves(args, b.argnums)
-    other = _Leaves(b.sample(b.prim, jax.random.PRNGKey(b.seed + 1),
-                             b.prim.sample_shapes[0], jnp.float32), b.argnums)
+    other = _Leaves(b.args(jnp.float32, seed=b.seed + 1), b.argnums)
     g = lv.function(b.prim.call)
     outs = jax.eval_shape(g, *lv.values)
-    ct = [jax.random.normal(jax.random.PRNGKey(b.seed + 2), o.shape, o.dtype) + 0.5
-          for o in outs]
+    rng = np.random.default_rng(b.seed + 2)
+    ct = [jnp.asarray((rng.standard_normal(o.shape) + 0.5).astype(o.dtype)) for o in outs]
 
     def one(x):
         return _vjps(g, list(x), [ct])[1][0]
@@ -384,15 +450,23 @@ def _transforms(b: _Battery, wanted: Sequence[str]) -> None:
             jax.checkpoint(g), list(x), [ct])[1][0]],
     }
     todo = [t for t in ("vmap", "scan", "remat") if t in wanted]
-    base = jax.jit(lambda x, x2: (one(x), one(x2)))(lv.values, other.values)
+
+    def everything(x, x2):
+        return (one(x), one(x2)), {t: transforms[t](x, x2) for t in todo}
+
+    try:  # one program for all transformations; on a crash, find which one crashed
+        base, results = jax.jit(everything)(lv.values, other.values)
+    except Exception:
+        base = jax.jit(lambda x, x2: (one(x), one(x2)))(lv.values, other.values)
+        results = {}
+        for t in todo:
+            try:
+                results[t] = jax.jit(transforms[t])(lv.values, other.values)
+            except Exception as exc:
+                b.put(t, False, _error_text(exc))
     if "jit" in wanted:
         _same(b, "jit", list(base[0]), one(lv.values), lv)
-    for t in todo:
-        try:
-            got = jax.jit(transforms[t])(lv.values, other.values)
-        except Exception as exc:
-            b.put(t, False, _error_text(exc))
-            continue
+    for t, got in results.items():
         expect = [jnp.stack([u, v if t != "remat" else u]) for u, v in zip(*base, strict=True)]
         _same(b, t, got, expect, lv)
 

@@ -207,44 +207,6 @@ def _split(vec: np.ndarray, like: Sequence[Any]) -> list[np.ndarray]:
     return out
 
 
-def _fd_and_dot(g64: Callable[..., list], x64: list, cts64: list, got64: list, eps: float,
-                max_elements: int, num_directions: int, rng: np.random.Generator,
-                lv: _Leaves, names: list) -> list[Comparison]:
-    """Finite differences of every chosen element and random direction, in one jitted call."""
-    n = sum(int(v.size) for v in x64)
-    chosen = np.arange(n) if n <= max_elements else np.sort(
-        rng.choice(n, size=max_elements, replace=False))
-    rand = rng.standard_normal((num_directions, n))
-    rand /= np.linalg.norm(rand, axis=1, keepdims=True)
-    dirs = np.zeros((len(chosen) + num_directions, n))
-    dirs[np.arange(len(chosen)), chosen] = 1.0
-    dirs[len(chosen):] = rand
-
-    def at(x, cts):
-        outs = g64(*_split_jnp(x, x64))
-        return jnp.stack([sum(jnp.sum(o * c) for o, c in zip(outs, ct, strict=True))
-                          for ct in cts])
-
-    def central(x0, d, cts):
-        both = jax.vmap(lambda dx: at(x0 + dx, cts))(jnp.concatenate([eps * d, -eps * d]))
-        return (both[: d.shape[0]] - both[d.shape[0]:]) / (2 * eps)
-
-    est = np.asarray(jax.jit(central)(jnp.asarray(_flat(x64)), jnp.asarray(dirs), cts64))
-    fd_parts, dot_parts = [], []
-    for k, got in enumerate(got64):
-        g = _flat(got)
-        e_full = g.copy()
-        e_full[chosen] = est[: len(chosen), k]
-        mask = np.zeros(n, bool)
-        mask[chosen] = np.isfinite(est[: len(chosen), k])
-        fd_parts.append(compare("finite_differences", _split(g, x64), _split(e_full, x64),
-                                lv.pos, names, FD_TOLERANCE, k, paths=lv.paths,
-                                mask=_split(mask, x64)))
-        dot_parts.append(compare("dot_product", [rand @ g], [est[len(chosen):, k]],
-                                 [len(names)], [*names, "<random direction>"], FD_TOLERANCE, k))
-    return [merge("finite_differences", fd_parts), merge("dot_product", dot_parts)]
-
-
 def _split_jnp(x: jax.Array, like: Sequence[Any]) -> list[jax.Array]:
     out, start = [], 0
     for v in like:
@@ -254,28 +216,150 @@ def _split_jnp(x: jax.Array, like: Sequence[Any]) -> list[jax.Array]:
     return out
 
 
-def _second_order(g: Callable[..., list], x: list, ct: list, seed: int, eps: float,
-                  lv: _Leaves, names: list) -> tuple[list, Comparison]:
-    """grad of ``h = <vjp(ct), w>``, and its check along random directions by differences."""
-    rng = np.random.default_rng(seed + 7)
-    ws = [jnp.asarray(rng.standard_normal(v.shape), v.dtype) for v in x]
-    dirs = rng.standard_normal((2, sum(int(v.size) for v in x)))
+def _central(h: Callable[[jax.Array], jax.Array], x: list, d: jax.Array,
+             eps: float) -> jax.Array:
+    """Central differences of ``h`` (a function of the flat vector) along each row of ``d``,
+    every direction in one vmapped evaluation."""
+    x0 = jnp.concatenate([v.ravel() for v in x])
+    both = jax.vmap(h)(x0 + jnp.concatenate([eps * d, -eps * d]))
+    return (both[: d.shape[0]] - both[d.shape[0]:]) / (2 * eps)
 
+
+def _fd_traced(g: Callable[..., list], x: list, cts: list, dirs: jax.Array,
+               eps: float) -> jax.Array:
+    """``<ct_k, J d_j>`` by central differences: shape (directions, cotangents)."""
+    def h(flat):
+        outs = g(*_split_jnp(flat, x))
+        return jnp.stack([sum(jnp.sum(o * c) for o, c in zip(outs, ct, strict=True))
+                          for ct in cts])
+    return _central(h, x, dirs, eps)
+
+
+def _so_traced(g: Callable[..., list], x: list, ct: list, ws: list, dirs: jax.Array,
+               eps: float) -> tuple[list, jax.Array]:
+    """grad of ``h = <vjp(ct), w>``, and ``h`` differenced along ``dirs``."""
     def h(*xs):
         _, (grads,) = _vjps(g, list(xs), [ct])
         return sum(jnp.sum(gi * w) for gi, w in zip(grads, ws, strict=True))
 
-    def both(xs, d):
-        grad = jax.grad(h, argnums=tuple(range(len(xs))))(*xs)
-        x0 = jnp.concatenate([v.ravel() for v in xs])
-        pm = jax.vmap(lambda dx: h(*_split_jnp(x0 + dx, xs)))(jnp.concatenate([eps * d, -eps * d]))
-        return grad, (pm[: d.shape[0]] - pm[d.shape[0]:]) / (2 * eps)
+    grad = jax.grad(h, argnums=tuple(range(len(x))))(*x)
+    return list(grad), _central(lambda flat: h(*_split_jnp(flat, x)), x, dirs, eps)
 
-    grad, est = jax.jit(both)(x, jnp.asarray(dirs))
-    along = dirs @ _flat(grad)
-    tol = Tolerance(FD_TOLERANCE.rtol * 10, FD_TOLERANCE.atol * 10)
-    return list(grad), compare("second_order", [along], [np.asarray(est)], [len(names)],
-                               [*names, "<random direction>"], tol)
+
+def _fd_judge(est: np.ndarray, got64: list, chosen: np.ndarray, rand: np.ndarray,
+              x64: list, lv: _Leaves, names: list) -> list[Comparison]:
+    n = int(sum(v.size for v in x64))
+    fd_parts, dot_parts = [], []
+    for k, got in enumerate(got64):
+        g = _flat(got)
+        e_full = g.copy()
+        e_full[chosen] = est[: len(chosen), k]
+        mask = np.zeros(n, bool)
+        mask[chosen] = np.isfinite(est[: len(chosen), k])  # no verdict where f is not finite
+        fd_parts.append(compare("finite_differences", _split(g, x64), _split(e_full, x64),
+                                lv.pos, names, FD_TOLERANCE, k, paths=lv.paths,
+                                mask=_split(mask, x64)))
+        dot_parts.append(compare("dot_product", [rand @ g], [est[len(chosen):, k]],
+                                 [len(names)], [*names, "<random direction>"], FD_TOLERANCE, k))
+    return [merge("finite_differences", fd_parts), merge("dot_product", dot_parts)]
+
+
+def _plan(n: int, max_elements: int, num_directions: int, rng: np.random.Generator):
+    """Elements to difference (all, or a sample) and random unit directions."""
+    chosen = np.arange(n) if n <= max_elements else np.sort(
+        rng.choice(n, size=max_elements, replace=False))
+    rand = rng.standard_normal((num_directions, n))
+    rand /= np.linalg.norm(rand, axis=1, keepdims=True)
+    dirs = np.zeros((len(chosen) + num_directions, n))
+    dirs[np.arange(len(chosen)), chosen] = 1.0
+    dirs[len(chosen):] = rand
+    return chosen, rand, dirs
+
+
+def _cotangents(outs: Sequence[Any], num: int, seed: int) -> list:
+    """Random, non-uniform cotangents (drawn with NumPy: nothing to compile)."""
+    rng = np.random.default_rng(seed + 1000)
+    return [[jnp.asarray((rng.standard_normal(o.shape) + 0.5).astype(o.dtype)) for o in outs]
+            for _ in range(num)]
+
+
+def _to64(x: Any) -> jax.Array:
+    return jnp.asarray(np.asarray(x).astype(np.float64))  # host-side: no device program
+
+
+class _Plan:
+    """Everything check_vjp evaluates, in one jitted program per precision."""
+
+    def __init__(self, lv: _Leaves, fn: Callable, reference: Callable | None, dname: str,
+                 fd: bool, so: bool, max_elements: int, num_directions: int, seed: int,
+                 eps: float):
+        self.lv, self.fn, self.ref, self.dname = lv, fn, reference, dname
+        self.fd, self.so, self.eps = fd, so, eps
+        self.same_ref = reference is not None and dname not in _LOW
+        self.truth = dname != "float64" and (reference is None or dname in _LOW)
+        rng = np.random.default_rng(seed)
+        n = int(sum(v.size for v in lv.values))
+        self.chosen, self.rand, self.dirs = _plan(n, max_elements, num_directions, rng)
+        so_rng = np.random.default_rng(seed + 7)
+        self.ws = [so_rng.standard_normal(v.shape) for v in lv.values]
+        self.so_dirs = so_rng.standard_normal((2, n))
+
+    def _low(self, g: Callable, x: list, c: list) -> dict:
+        res = {"got": _vjps(g, x, c)[1]}
+        if self.ref is not None:  # same precision: the oracle; low precision: the baseline
+            key = "reference" if self.same_ref else "baseline"
+            res[key] = _vjps(self.lv.function(self.ref), x, c)[1]
+        return res
+
+    def _high(self, x: list, c: list, dirs: jax.Array, ws: list, so_dirs: jax.Array,
+              got: list | None) -> dict:
+        g64 = self.lv.function(self.fn, jnp.float64)
+        res = {}
+        if self.truth:
+            truth_fn = g64 if self.ref is None else self.lv.function(self.ref, jnp.float64)
+            res["reference" if self.ref is not None else "float64_truth"] = _vjps(
+                truth_fn, x, c)[1]
+        if self.fd or self.so:
+            res["got64"] = got[:2] if got is not None else _vjps(g64, x, c[:2])[1]
+        if self.fd:
+            res["fd"] = _fd_traced(g64, x, c[:2], dirs, self.eps)
+        if self.so:
+            ws = [w.astype(v.dtype) for w, v in zip(ws, x, strict=True)]
+            res["so"] = _so_traced(g64, x, c[0], ws, so_dirs, self.eps)
+            if self.ref is not None:
+                ref64 = self.lv.function(self.ref, jnp.float64)
+                res["so_ref"] = _so_traced(ref64, x, c[0], ws, so_dirs, self.eps)[0]
+        return res
+
+    def run(self, g: Callable, cts: list) -> dict:
+        if self.dname == "float64":  # one program for everything
+            def both(x, c, d, w, s):
+                low = self._low(g, x, c)
+                return {**low, **self._high(x, c, d, w, s, low["got"])}
+            with jax.enable_x64(True):
+                self.x64 = self.lv.values
+                return jax.jit(both)(self.lv.values, cts, self.dirs, self.ws, self.so_dirs)
+        res = jax.jit(lambda x, c: self._low(g, x, c))(self.lv.values, cts)
+        if not (self.truth or self.fd or self.so):
+            return res
+        with jax.enable_x64(True):
+            self.x64 = [_to64(v) for v in self.lv.values]
+            cts64 = [[_to64(c) for c in ct] for ct in cts]
+            res.update(jax.jit(lambda x, c, d, w, s: self._high(x, c, d, w, s, None))(
+                self.x64, cts64, self.dirs, self.ws, self.so_dirs))
+        return res
+
+
+def _so_judge(res: dict, plan: _Plan, lv: _Leaves, names: list, tol: Tolerance) -> Comparison:
+    grad, est = res["so"]
+    along = plan.so_dirs @ _flat(grad)
+    so_tol = Tolerance(FD_TOLERANCE.rtol * 10, FD_TOLERANCE.atol * 10)
+    parts = [compare("second_order", [along], [np.asarray(est)], [len(names)],
+                     [*names, "<random direction>"], so_tol)]
+    if "so_ref" in res:
+        parts.append(compare("second_order", grad, res["so_ref"], lv.pos, names,
+                             Tolerance(tol.rtol * 10, tol.atol * 10), paths=lv.paths))
+    return merge("second_order", parts)
 
 
 def check_vjp(
@@ -345,52 +429,30 @@ def check_vjp(
         if [o.shape for o in outs] != [o.shape for o in ref_outs]:
             raise AssertionError(f"check_vjp: fn returned shapes {[o.shape for o in outs]} but "
                                  f"reference returned {[o.shape for o in ref_outs]}")
-    key = jax.random.PRNGKey(seed)
-    cts = []
-    for _ in range(num_cotangents):
-        key, *subs = jax.random.split(key, len(outs) + 1)
-        cts.append([(jax.random.normal(s, o.shape, jnp.float32) + 0.5).astype(o.dtype)
-                    for s, o in zip(subs, outs, strict=True)])
-    _, got = jax.jit(lambda x, c: _vjps(g, x, c))(lv.values, cts)
-    for grads in got:
+    cts = _cotangents(outs, num_cotangents, seed)
+    plan = _Plan(lv, fn, reference, dname, finite_differences, second_order, fd_max_elements,
+                 num_directions, seed, fd_eps)
+    res = plan.run(g, cts)
+    for grads in res["got"]:
         for p, path, gi, xi in zip(lv.pos, lv.paths, grads, lv.values, strict=True):
             if gi.dtype != xi.dtype or gi.shape != xi.shape:
                 raise AssertionError(
                     f"check_vjp: cotangent of argument {names[p]!r}{path} has shape/dtype "
                     f"{gi.shape}/{gi.dtype}, expected {xi.shape}/{xi.dtype}")
     comparisons = []
-    if reference is not None and dname not in _LOW:
-        _, want = jax.jit(lambda x, c: _vjps(lv.function(reference), x, c))(lv.values, cts)
-        comparisons.append(merge("reference", [
-            compare("reference", a, e, lv.pos, names, tol, k, paths=lv.paths)
-            for k, (a, e) in enumerate(zip(got, want, strict=True))]))
-    with jax.enable_x64(True):
-        x64 = [v.astype(jnp.float64) for v in lv.values]
-        cts64 = [[c.astype(jnp.float64) for c in ct] for ct in cts]
-        g64 = lv.function(fn, jnp.float64)
-        if dname != "float64" and (reference is None or dname in _LOW):
-            truth_fn = g64 if reference is None else lv.function(reference, jnp.float64)
-            _, want = jax.jit(lambda x, c: _vjps(truth_fn, x, c))(x64, cts64)
-            check = "float64_truth" if reference is None else "reference"
+    for check in ("reference", "float64_truth"):
+        if check in res:
+            low = dname in _LOW
             comparisons.append(merge(check, [
-                compare(check, a, e, lv.pos, names, tol, k, paths=lv.paths,
-                        relative=dname in _LOW)
-                for k, (a, e) in enumerate(zip(got, want, strict=True))]))
-        if finite_differences or second_order:
-            got64 = got if dname == "float64" else jax.jit(
-                lambda x, c: _vjps(g64, x, c))(x64, cts64)[1]
-        if finite_differences:
-            comparisons += _fd_and_dot(g64, x64, cts64[:2], got64[:2], fd_eps, fd_max_elements,
-                                       num_directions, np.random.default_rng(seed), lv, names)
-        if second_order:
-            grad, so = _second_order(g64, x64, cts64[0], seed, fd_eps, lv, names)
-            parts = [so]
-            if reference is not None:
-                ref_grad, _ = _second_order(lv.function(reference, jnp.float64), x64,
-                                            cts64[0], seed, fd_eps, lv, names)
-                parts.append(compare("second_order", grad, ref_grad, lv.pos, names,
-                                     Tolerance(tol.rtol * 10, tol.atol * 10), paths=lv.paths))
-            comparisons.append(merge("second_order", parts))
+                compare(check, a, e, lv.pos, names, tol, k, paths=lv.paths, relative=low,
+                        baseline=res["baseline"][k] if "baseline" in res else None,
+                        round_to=jnp.dtype(dname) if low else None)
+                for k, (a, e) in enumerate(zip(res["got"], res[check], strict=True))]))
+    if finite_differences:
+        comparisons += _fd_judge(np.asarray(res["fd"]), res["got64"], plan.chosen, plan.rand,
+                                 plan.x64, lv, names)
+    if second_order:
+        comparisons.append(_so_judge(res, plan, lv, names, tol))
     merged = merge("all", comparisons)
     return CheckResult(all(c.ok for c in comparisons), merged.max_abs_err, merged.max_rel_err,
                        merged.worst, tuple(comparisons), dname)
