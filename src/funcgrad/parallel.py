@@ -62,12 +62,14 @@ def local_mesh(devices: Sequence[Any] | None = None, axis_name: str = "data") ->
         ValueError: if ``devices`` is empty, contains duplicates, or ``axis_name`` is empty.
     """
     if not isinstance(axis_name, str) or not axis_name:
-        raise ValueError(f"axis_name must be a non-empty string; got {axis_name!r}")
+        raise ValueError(f"local_mesh: argument 'axis_name' must be a non-empty string; "
+                         f"got {axis_name!r}")
     devs = list(jax.local_devices() if devices is None else devices)
     if not devs:
-        raise ValueError("local_mesh needs at least one device; got an empty device list")
+        raise ValueError("local_mesh: argument 'devices' must hold at least one device; "
+                         "got an empty device list")
     if len({id(d) for d in devs}) != len(devs):
-        raise ValueError(f"local_mesh got duplicate devices: {devs}")
+        raise ValueError(f"local_mesh: argument 'devices' must not repeat a device; got {devs}")
     # Auto axis type spelled out: GSPMD propagation, not explicit sharding-in-types, and
     # immune to a change of the default between JAX versions.
     return Mesh(np.array(devs, dtype=object), (axis_name,), axis_types=(AxisType.Auto,))
@@ -93,7 +95,8 @@ def batch_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
         ValueError: if ``axis`` is not a non-negative int.
     """
     if not isinstance(axis, int) or isinstance(axis, bool) or axis < 0:
-        raise ValueError(f"axis must be a non-negative int; got {axis!r}")
+        raise ValueError(f"batch_sharding: argument 'axis' must be a non-negative int; "
+                         f"got {axis!r}")
     return NamedSharding(mesh, PartitionSpec(*([None] * axis), _batch_axes(mesh)))
 
 
@@ -145,8 +148,8 @@ def _check_leaf(path: Any, leaf: Any, mesh: Mesh, axis: int) -> None:
     where = jax.tree_util.keystr(path) or "<root>"
     if len(shape) <= axis:
         raise ValueError(
-            f"cannot shard batch leaf {where} with shape {shape} along axis {axis}: "
-            f"it has only {len(shape)} dimension(s)"
+            f"shard_batch: argument 'batch' leaf {where} must have an axis {axis} to shard; "
+            f"got shape {shape} with {len(shape)} dimension(s)"
         )
     n = int(mesh.size)
     if shape[axis] % n:
@@ -238,13 +241,14 @@ def global_batch_from_local(local_batch: Any, mesh: Mesh, axis: int = 0) -> Any:
         where = jax.tree_util.keystr(path) or "<root>"
         if host.ndim <= axis:
             raise ValueError(
-                f"cannot shard batch leaf {where} with shape {host.shape} along axis {axis}: "
-                f"it has only {host.ndim} dimension(s)"
+                f"global_batch_from_local: argument 'local_batch' leaf {where} must have an "
+                f"axis {axis} to shard; got shape {host.shape} with {host.ndim} dimension(s)"
             )
         if n_local == 0 or host.shape[axis] % n_local:
             raise ValueError(
-                f"this process's slice of batch leaf {where} has shape {host.shape}; its "
-                f"axis {axis} must be divisible by the {n_local} local devices in the mesh"
+                f"global_batch_from_local: argument 'local_batch' leaf {where} must have "
+                f"axis {axis} divisible by the {n_local} local devices in the mesh; got shape "
+                f"{host.shape}"
             )
         global_shape = list(host.shape)
         global_shape[axis] *= n_proc
@@ -339,20 +343,22 @@ def initialize_distributed(
         RuntimeError: from JAX, if a backend is already initialised or this is called twice.
     """
     if not isinstance(coordinator, str):
-        raise ValueError(f"coordinator must be a 'HOST:PORT' string; got {coordinator!r}")
+        raise ValueError(f"initialize_distributed: argument 'coordinator' must be a "
+                         f"'HOST:PORT' string; got {coordinator!r}")
     host, sep, port = coordinator.strip().rpartition(":")
     bare_host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not bare_host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(
-            f"coordinator must look like 'HOST:PORT' with an integer port in 1..65535; "
-            f"got coordinator={coordinator!r}"
+            f"initialize_distributed: argument 'coordinator' must look like 'HOST:PORT' "
+            f"with an integer port in 1..65535; got coordinator={coordinator!r}"
         )
     if not _is_int(num_processes) or num_processes < 1:
-        raise ValueError(f"num_processes must be an int >= 1; got num_processes={num_processes!r}")
+        raise ValueError(f"initialize_distributed: argument 'num_processes' must be an int "
+                         f">= 1; got num_processes={num_processes!r}")
     if not _is_int(process_id) or not 0 <= process_id < num_processes:
         raise ValueError(
-            f"process_id must be an int with 0 <= process_id < num_processes={num_processes}; "
-            f"got process_id={process_id!r}"
+            f"initialize_distributed: argument 'process_id' must be an int with "
+            f"0 <= process_id < num_processes={num_processes}; got process_id={process_id!r}"
         )
     kwargs: dict[str, Any] = {}
     if local_device_ids is not None:
@@ -363,8 +369,8 @@ def initialize_distributed(
             ids = [None]
         if not ids or not all(_is_int(i) and i >= 0 for i in ids):
             raise ValueError(
-                "local_device_ids must be a non-negative int or a non-empty sequence of them; "
-                f"got local_device_ids={local_device_ids!r}"
+                "initialize_distributed: argument 'local_device_ids' must be a non-negative "
+                f"int or a non-empty sequence of them; got local_device_ids={local_device_ids!r}"
             )
         kwargs["local_device_ids"] = [int(i) for i in ids]
     jax.distributed.initialize(
