@@ -343,3 +343,82 @@ def test_import_funcgrad_does_not_load_tensorboardx():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert out.stdout.split() == ["False", "False"]
+
+
+# ------------------------------------------------------ fit(writer=...) and the CLI flag
+def _wired():
+    import dataclasses
+
+    return "writer" in {f.name for f in dataclasses.fields(train.FitHooks)}
+
+
+wired = pytest.mark.skipif(not _wired(), reason="fit(writer=...) is not wired in yet")
+
+
+@wired
+def test_fit_writer_logs_records_histograms_and_evals(tmp_path, reader):
+    params = _params()
+    x, y = _data()
+    with tb.TensorBoardWriter(tmp_path, histogram_bins=BINS) as writer:
+        result = funcgrad.fit(params, (x, y), apply_fn=APPLY, tx=train.optimizer(0.1),
+                              eval_data=(x[:8], y[:8]), batch_size=8, epochs=2,
+                              steps_per_dispatch=2, log_every=2, writer=writer)
+    records = [json.loads(json.dumps(r)) for r in result.history]  # metrics.jsonl's lines
+    steps = [r["step"] for r in records]
+    acc = reader(tmp_path)
+    assert [s for s, _ in _scalars(acc, "loss")] == steps
+    np.testing.assert_array_equal([v for _, v in _scalars(acc, "loss")],
+                                  np.float32([r["train_loss"] for r in records]))
+    assert [(s, v) for s, v in _scalars(acc, "eval/accuracy")] == \
+        [(e["step"], np.float32(e["test_accuracy"])) for e in result.evals]
+    for i, size in enumerate(_layer_sizes(params)):
+        events = acc.Histograms(f"grad/layer_{i}")
+        assert [e.step for e in events] == steps
+        for e, r in zip(events, records, strict=True):
+            assert e.histogram_value.num == size == sum(e.histogram_value.bucket)
+            assert e.histogram_value.bucket == [0.0, *r["grad_histograms"]["counts"][i]]
+
+
+@wired
+def test_cli_tensorboard_writes_events(tmp_path, capsys, reader):
+    from funcgrad.cli import main
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    assert main(["train", "--data", str(tmp_path / "d.npz"), "--epochs", "2", "--hidden", "4",
+                 "--batch-size", "16", "--log-every", "2", "--steps-per-dispatch", "1",
+                 "--no-progress", "--out", str(tmp_path / "out"),
+                 "--tensorboard", str(tmp_path / "tb")]) == 0
+    records = [json.loads(line) for line in
+               (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    acc = reader(tmp_path / "tb")
+    for tag, key in tb.SCALAR_TAGS.items():
+        assert _scalars(acc, key) == [(r["step"], np.float32(r[tag])) for r in records], tag
+    assert sorted(acc.Tags()["histograms"]) == ["grad/layer_0", "grad/layer_1"]
+    assert [e.step for e in acc.Histograms("grad/layer_0")] == [r["step"] for r in records]
+
+
+@wired
+@pytest.mark.parametrize("case", ["file", "unwritable", "no-extra"])
+def test_cli_tensorboard_bad_input_is_one_line(case, tmp_path, capsys, monkeypatch):
+    from funcgrad.cli import main
+
+    target = tmp_path / "tb"
+    if case == "file":
+        target.write_text("x")
+        want = f"--tensorboard must be a directory; got '{target}', an existing file"
+    elif case == "unwritable":
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+        monkeypatch.setattr(tb.tempfile, "TemporaryFile", refuse)
+        want = (f"--tensorboard must be a writable directory; cannot write to '{target}' "
+                f"(Permission denied)")
+    else:
+        monkeypatch.setitem(sys.modules, "tensorboardX", None)
+        want = ('--tensorboard needs tensorboardX, which is not installed; install the '
+                'extra: pip install "funcgrad[tensorboard]"')
+    assert main(["train", "--tensorboard", str(target), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [f"funcgrad train: error: {want}"]
+    assert "devices" not in captured.out  # it failed before loading data or training
