@@ -36,6 +36,8 @@ import numpy as np
 
 __all__ = [
     "HISTOGRAM_FIELDS",
+    "INSTALL_HINT",
+    "SCALAR_TAGS",
     "TensorBoardWriter",
     "check_logdir",
     "host_histograms",
@@ -44,6 +46,7 @@ __all__ = [
     "require_tensorboardx",
 ]
 
+#: What to run when tensorboardX is missing.
 INSTALL_HINT = 'pip install "funcgrad[tensorboard]"'
 
 #: The arrays :func:`layer_histograms` returns, each with a leading layer axis.
