@@ -234,15 +234,36 @@ class _Run:
                            "test_accuracy": correct / count})
 
 
-def _restore(state: TrainState, checkpoints: Any, resume: bool) -> tuple[TrainState, int | None]:
-    if not resume:
-        return state, None
-    if checkpoints is None:
-        raise ValueError("fit: argument 'resume' is True but 'checkpoints' is None; pass a "
-                         "CheckpointManager")
-    if checkpoints.latest_step() is None:
-        return state, None
-    return checkpoints.restore(state)
+def _programs(loss_fn: Callable, tx: Any, cfg: FitConfig,
+              hooks: FitHooks) -> tuple[Callable, Callable | None, Callable]:
+    """The compiled programs: one step, K fused steps (or ``None``), evaluation."""
+    stats_fn = None if hooks.flow is None else hooks.flow.measure
+    step_fn = make_train_step(loss_fn, tx, wrap=hooks.wrap_step, stats_fn=stats_fn)
+    fused_fn = (make_fused_steps(loss_fn, tx, wrap=hooks.wrap_step, stats_fn=stats_fn)
+                if cfg.steps_per_dispatch > 1 else None)
+    return step_fn, fused_fn, make_eval(loss_fn)
+
+
+def _initial_state(params: Any, tx: Any, cfg: FitConfig, restore: tuple[Any, bool],
+                   mesh: Any) -> tuple[TrainState, int | None]:
+    """The state at step 0, or restored from ``restore = (checkpoints, resume)``; a copy,
+    replicated over ``mesh`` when given."""
+    checkpoints, resume = restore
+    state, resumed_from = init_state(params, tx, cfg.seed), None
+    if resume:
+        if checkpoints is None:
+            raise ValueError("fit: argument 'resume' is True but 'checkpoints' is None; pass "
+                             "a CheckpointManager")
+        if checkpoints.latest_step() is not None:
+            state, resumed_from = checkpoints.restore(state)
+    # the step donates its state: never donate buffers the caller still holds
+    state = jax.tree.map(lambda a: jnp.array(a, copy=True), state)
+    if mesh is not None:
+        from .. import parallel
+
+        parallel.check_batch_size(cfg.batch_size, mesh)
+        state = parallel.replicate(state, mesh)
+    return state, resumed_from
 
 
 def fit(
@@ -262,14 +283,12 @@ def fit(
 ) -> FitResult:
     """Train on ``train`` with minibatch steps of ``tx`` and return the final state.
 
-    Epoch ``e`` visits the examples in the order ``permutation(fold_in(key, e))``, so a run
-    is reproducible from its seed, and a resumed run continues bitwise where the
-    checkpoint left off (on CPU). A last, partial batch is padded with wrapped-around
-    examples of weight 0, so every step has the same shape and nothing retraces.
-    ``steps_per_dispatch = K > 1`` runs K steps per dispatch with ``lax.scan``; the
-    remainder of an epoch runs as single steps (one more compiled program). A checkpoint
-    is saved whenever a dispatch crosses a multiple of ``checkpoints.every``
-    (``should_save(step, previous_step=...)``), and at the end.
+    Epoch ``e`` visits the examples in the order ``permutation(fold_in(key, e))``: a run is
+    reproducible from its seed, and a resumed run continues bitwise (on CPU). A partial last
+    batch is padded with wrapped-around examples of weight 0, so nothing retraces.
+    ``steps_per_dispatch = K > 1`` runs K steps per dispatch with ``lax.scan`` (the rest of
+    an epoch as single steps). A checkpoint is saved whenever a dispatch crosses a multiple
+    of ``checkpoints.every``, and at the end.
 
     Args:
         params: initial parameters (ignored when resuming from a checkpoint).
@@ -303,20 +322,8 @@ def fit(
     data = _arrays(train, loss_fn is None, "train")
     held_out = None if eval_data is None else _arrays(eval_data, loss_fn is None, "eval_data")
     loss_fn = classification_loss(apply_fn) if loss_fn is None else loss_fn
-    put_state: Callable[[Any], Any] = lambda t: t
-    if mesh is not None:
-        from .. import parallel
-
-        parallel.check_batch_size(cfg.batch_size, mesh)
-        put_state = lambda t: parallel.replicate(t, mesh)
-    stats_fn = None if hooks.flow is None else hooks.flow.measure
-    step_fn = make_train_step(loss_fn, tx, wrap=hooks.wrap_step, stats_fn=stats_fn)
-    fused_fn = (make_fused_steps(loss_fn, tx, wrap=hooks.wrap_step, stats_fn=stats_fn)
-                if cfg.steps_per_dispatch > 1 else None)
-    eval_fn = make_eval(loss_fn)
-    state, resumed_from = _restore(init_state(params, tx, cfg.seed), checkpoints, resume)
-    # the step donates its state: never donate buffers the caller still holds
-    state = put_state(jax.tree.map(lambda a: jnp.array(a, copy=True), state))
+    step_fn, fused_fn, eval_fn = _programs(loss_fn, tx, cfg, hooks)
+    state, resumed_from = _initial_state(params, tx, cfg, (checkpoints, resume), mesh)
     run = _Run(state, data, cfg, hooks, mesh)
     while run.step < run.total:
         k, batch = run.next_batch(fused_fn is not None)
