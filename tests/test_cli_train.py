@@ -65,6 +65,7 @@ def test_user_data_file_trains(tmp_path, capsys):
     assert "2 classes" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_checkpoint_and_resume_from_the_command_line(tmp_path, capsys):
     ck = tmp_path / "ck"
     common = ["train", "--epochs", "2", "--hidden", "16", "--batch-size", "128",
@@ -88,6 +89,7 @@ def test_resume_without_checkpoint_dir_is_an_error(capsys):
     assert "--resume needs --checkpoint-dir" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_default_run_reaches_97_percent_quickly(tmp_path, capsys):
     """The README's main job: `funcgrad train` with no arguments (progress bar off)."""
     assert main(["train", "--no-progress", "--out", str(tmp_path)]) == 0

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
     import json, functools
     import jax, numpy as np
@@ -43,6 +45,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_data_parallel_fit_matches_single_device():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "JAX_PLATFORMS": "cpu"}
@@ -67,6 +70,7 @@ def test_cli_data_parallel_names_the_flag():
     assert "--batch-size" in proc.stderr and "divisible by 4" in proc.stderr
 
 
+@pytest.mark.slow
 def test_two_process_training_on_localhost(tmp_path):
     """`funcgrad train --coordinator ... --data-parallel` in two processes on loopback."""
     import socket
