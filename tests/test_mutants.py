@@ -9,6 +9,8 @@ only the checks needed to catch it, to stay fast.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -139,4 +141,4 @@ def test_funcgrad_check_reports_crashing_and_wrong_rules_as_rows(plant, capsys):
     out = captured.out
     assert "mutant_matmul_wrong_transpose FAILED" in out and "crashed:" in out
     assert "mutant_exp_doubled FAILED" in out and "element" in out
-    assert "[1/2] mutant_matmul_wrong_transpose: FAIL" in captured.err
+    assert re.search(r"\[\d/2\] mutant_matmul_wrong_transpose: FAIL", captured.err)

@@ -189,8 +189,9 @@ def _parse(fn: Any, args: tuple, reference: Any, argnums: Any, argnames: Any):
 
 
 def _vjps(g: Callable[..., list], leaves: list, cts: list) -> tuple[list, list]:
+    """Outputs and one VJP per cotangent (one forward pass shared by all)."""
     outs, pull = jax.vjp(g, *leaves)
-    return outs, [pull([c.astype(o.dtype) for c, o in zip(ct, outs, strict=True)])
+    return outs, [list(pull([c.astype(o.dtype) for c, o in zip(ct, outs, strict=True)]))
                   for ct in cts]
 
 
