@@ -78,6 +78,10 @@ def test_c_rule_is_a_custom_vjp(name):
     args = sample_args(prim, KEY)
     jaxpr = jax.make_jaxpr(prim.call)(*args).jaxpr
     assert any("custom_vjp" in n for n in _jaxpr_primitive_names(jaxpr))
+    # tagged with its registry name, the only way tools recognise a primitive
+    tags = [str(e.source_info.name_stack).split("/")[-1] for e in jaxpr.eqns
+            if "custom_vjp" in e.primitive.name]
+    assert tags == [f"funcgrad.{name}"]
 
 
 def test_c_wrong_rule_changes_gradient_and_checker_names_element():
