@@ -120,3 +120,15 @@ def test_fit_rejects_negative_labels_and_unknown_options():
         fg.fit(params, (x, abs(y)), apply_fn=apply_fn, tx=fg.optimizer(0.1), epoch=2)
     with pytest.raises(TypeError, match="fit: argument 'apply_fn'.*or 'loss_fn' is required"):
         fg.fit(params, (x, abs(y)), tx=fg.optimizer(0.1))
+
+
+def test_fit_rejects_labels_beyond_the_model_output():
+    """A label >= the output width made every loss NaN and every step skipped, silently."""
+    params = fg.nn.init_mlp(jax.random.PRNGKey(0), [2, 3])
+    x = np.zeros((4, 2), np.float32)
+    with pytest.raises(ValueError, match="fit: argument 'train' labels y must be < 3, the "
+                                         "width of apply_fn's output; got 7"):
+        fg.fit(params, (x, np.array([0, 1, 7, 2])), apply_fn=fg.nn.mlp, tx=fg.optimizer(0.1))
+    with pytest.raises(ValueError, match="fit: argument 'eval_data' labels y must be < 3"):
+        fg.fit(params, (x, np.array([0, 1, 2, 2])), apply_fn=fg.nn.mlp, tx=fg.optimizer(0.1),
+               eval_data=(x, np.array([3, 0, 0, 0])))

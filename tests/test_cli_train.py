@@ -78,8 +78,9 @@ def test_checkpoint_and_resume_from_the_command_line(tmp_path, capsys):
     # resuming a finished run restores the final state and trains no further
     assert main([*common, "--resume", "--out", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
-    assert "resumed from checkpoint at step 24" in out
+    assert "resumed from checkpoint at step 24: the run was already complete" in out
     second = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert second["steps_per_second"] is None  # nothing trained: no made-up rate
     assert second["test_accuracy"] == first["test_accuracy"]
     assert second["steps"] == first["steps"]
 
@@ -130,3 +131,34 @@ def test_train_help_explains_every_flag_with_its_default(flag, words, capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     entry = text[text.index(flag + " ", text.index("options:")):]  # past the usage line
     assert words in entry[:400], entry[:400]
+
+
+def test_oversized_batch_is_capped_and_progress_prints_plain_lines(tmp_path, capsys):
+    """Without a terminal (capsys, CI, | tee) progress is one plain stderr line per log."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 2)).astype(np.float32)
+    path = tmp_path / "mine.npz"
+    np.savez(path, x=x, y=(x[:, 0] > 0).astype(np.int64))
+    assert main(["train", "--data", str(path), "--epochs", "4", "--hidden", "8",
+                 "--batch-size", "100000", "--log-every", "2", "--steps-per-dispatch", "1",
+                 "--out", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    n_train = json.loads((tmp_path / "run" / "summary.json").read_text())["config"]
+    assert f"note: --batch-size 100000 is more than the {n_train['batch_size']} training " \
+           f"examples; using {n_train['batch_size']}" in captured.out
+    assert n_train["batch_size"] < 60
+    assert [line.split()[2] for line in captured.err.splitlines()
+            if line.startswith("train: step")] == ["2/4", "4/4"]
+
+
+def test_platform_without_its_backend_says_what_to_install():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "funcgrad.cli", "train", "--platform", "tpu",
+                           "--epochs", "1", "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert line.startswith("funcgrad train: error: --platform tpu: this JAX installation has "
+                           "no tpu backend")
+    assert 'pip install "jax[tpu]"' in line

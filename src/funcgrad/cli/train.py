@@ -159,12 +159,14 @@ def _plot_curves(history: list[dict], evals: list[dict], out: Path) -> list[str]
 
 
 class _Progress:
-    """A rich progress bar on stderr, or nothing when rich is missing or disabled."""
+    """Progress on stderr: a rich bar on a terminal, a plain line per logged record
+    elsewhere (CI, ``| tee``, nohup), nothing with ``--no-progress``."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, mode: str):
         self.bar = None
         self.task = None
-        if not enabled:
+        self.lines = mode == "lines"
+        if mode != "bar":
             return
         try:
             from rich.console import Console
@@ -177,6 +179,7 @@ class _Progress:
                 TimeRemainingColumn,
             )
         except ImportError:
+            self.lines = True
             return
         self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
@@ -193,15 +196,24 @@ class _Progress:
             self.bar.__exit__(*exc)
 
     def __call__(self, step: int, total: int, record: dict | None) -> None:
-        if self.bar is None:
-            return
-        if self.task is None:
-            self.task = self.bar.add_task("train", total=total, info="")
         info = None
         if record is not None:
             info = (f"loss {record['train_loss']:.4f}  acc {record['train_accuracy']:.3f}  "
                     f"|g| {record['grad_norm']:.3g}")
+        if self.lines and info is not None:
+            print(f"train: step {step}/{total}  {info}", file=sys.stderr, flush=True)
+        if self.bar is None:
+            return
+        if self.task is None:
+            self.task = self.bar.add_task("train", total=total, info="")
         self.bar.update(self.task, completed=step, **({"info": info} if info else {}))
+
+
+def _progress_mode(args: argparse.Namespace, is_main: bool) -> str:
+    if args.no_progress or not is_main:
+        return "off"
+    tty = sys.stderr.isatty() or os.environ.get("FUNCGRAD_PROGRESS") == "1"
+    return "bar" if tty else "lines"
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -227,6 +239,24 @@ def _print_summary(summary: dict[str, Any]) -> None:
     Console().print(table)
 
 
+#: ``--platform`` -> what to install when this jaxlib cannot run it.
+_PLATFORM_HINTS = {"gpu": 'pip install "jax[cuda13]"', "cuda": 'pip install "jax[cuda13]"',
+                   "rocm": "a ROCm build of jax (see the JAX installation guide)",
+                   "tpu": 'pip install "jax[tpu]"', "cpu": "pip install --force-reinstall jax"}
+
+
+def _check_platform(platform: str) -> None:
+    import jax
+
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"--platform {platform}: this JAX installation has no {platform} "
+                         f"backend ({first[:120]}); install it with "
+                         f"{_PLATFORM_HINTS[platform]}, or drop --platform") from None
+
+
 def _start(args: argparse.Namespace) -> bool:
     """Select the platform, join a multi-host run, check flag combinations.
 
@@ -245,7 +275,12 @@ def _start(args: argparse.Namespace) -> bool:
         if not (args.coordinator and args.num_processes and args.process_id is not None):
             raise ValueError("--coordinator, --num-processes and --process-id must be given "
                              "together")
+        print(f"process {args.process_id} of {args.num_processes}: waiting for the "
+              f"coordinator at {args.coordinator} and every other process to join ...",
+              flush=True)
         parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    if args.platform:
+        _check_platform(args.platform)
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir")
     if args.checkpoint_dir and jax.process_count() > 1:
@@ -266,6 +301,10 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, tuple[Any, Any], Any, list[
         mu = x_train.mean(axis=0)
         sd = x_train.std(axis=0) + 0.1  # constant pixels (always 0) stay finite
         x_train, x_test = (x_train - mu) / sd, (x_test - mu) / sd
+    if args.batch_size > len(x_train):
+        print(f"note: --batch-size {args.batch_size} is more than the {len(x_train)} training "
+              f"examples; using {len(x_train)}")
+        args.batch_size = len(x_train)
     mesh = parallel.local_mesh(jax.devices()) if args.data_parallel else None
     if mesh is not None:
         parallel.check_batch_size(args.batch_size, mesh, name="--batch-size")
@@ -277,7 +316,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, tuple[Any, Any], Any, list[
 
 
 def _fit(args: argparse.Namespace, ds: Any, xs: tuple[Any, Any], mesh: Any,
-         out: Path | None, flow_history: Any) -> Any:
+         out: Path | None, flow_history: Any, progress: str) -> Any:
     """Build the model and optimizer and run :func:`funcgrad.train.fit`."""
     import jax
 
@@ -308,8 +347,7 @@ def _fit(args: argparse.Namespace, ds: Any, xs: tuple[Any, Any], mesh: Any,
                              steps_per_dispatch=args.steps_per_dispatch,
                              log_every=args.log_every)
     try:
-        with _Progress(not args.no_progress and sys.stderr.isatty() or
-                       os.environ.get("FUNCGRAD_PROGRESS") == "1") as bar:
+        with _Progress(progress) as bar:
             return train.fit(params, (xs[0], ds.y_train), apply_fn=_apply_fn(args), tx=tx,
                              config=config, eval_data=(xs[1], ds.y_test),
                              checkpoints=checkpoints, resume=args.resume, mesh=mesh,
@@ -338,6 +376,7 @@ def _summary(args: argparse.Namespace, result: Any, ds: Any,
     last = result.history[-1] if result.history else {}
     final = result.evals[-1] if result.evals else {}
     steps = int(jax.device_get(result.state.step))
+    trained = steps - (result.resumed_from or 0)  # steps this run took
     return {
         "test_accuracy": final.get("test_accuracy"),
         "test_loss": final.get("test_loss"),
@@ -347,7 +386,8 @@ def _summary(args: argparse.Namespace, result: Any, ds: Any,
         "epochs": args.epochs,
         "skipped_steps": int(jax.device_get(result.state.skipped)),
         "wall_seconds": result.wall_seconds,
-        "steps_per_second": steps / result.wall_seconds if result.wall_seconds else None,
+        "steps_per_second": trained / result.wall_seconds if trained and result.wall_seconds
+        else None,
         "devices": devices,
         "dataset": ds.name,
         "config": dict(vars(args)),
@@ -381,9 +421,11 @@ def run(args: argparse.Namespace) -> int:
         from .flow import train_history
 
         flow_history = train_history(args.log_every, _apply_fn(args), echo=is_main)
-    result = _fit(args, ds, xs, mesh, out, flow_history)
+    result = _fit(args, ds, xs, mesh, out, flow_history, _progress_mode(args, is_main))
     if result.resumed_from is not None:
-        print(f"resumed from checkpoint at step {result.resumed_from}")
+        print(f"resumed from checkpoint at step {result.resumed_from}"
+              + (": the run was already complete, nothing left to train"
+                 if not result.history else ""))
     summary = _summary(args, result, ds, devices)
     if flow_history is not None:
         from .flow import finish_train_history

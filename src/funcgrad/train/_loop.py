@@ -129,6 +129,24 @@ def _arrays(data: tuple[Any, Any], labels: bool, what: str) -> tuple[np.ndarray,
     return x, y.astype(np.int32 if np.issubdtype(y.dtype, np.integer) else np.float32)
 
 
+def _datasets(train: tuple[Any, Any], eval_data: tuple[Any, Any] | None,
+              model: tuple[Callable, Any] | None) -> tuple[tuple[np.ndarray, np.ndarray],
+                                                           tuple[np.ndarray, np.ndarray] | None]:
+    """Validated host arrays; ``model = (apply_fn, params)`` for the classification loss,
+    whose labels must index the model's output."""
+    data = _arrays(train, model is not None, "train")
+    held_out = None if eval_data is None else _arrays(eval_data, model is not None,
+                                                      "eval_data")
+    if model is not None:
+        x = jax.ShapeDtypeStruct((2, *data[0].shape[1:]), jnp.float32)  # batch norm: N >= 2
+        width = jax.eval_shape(model[0], model[1], x).shape[-1]
+        for what, arrays in (("train", data), ("eval_data", held_out)):
+            if arrays is not None and int(arrays[1].max()) >= width:
+                raise ValueError(f"fit: argument '{what}' labels y must be < {width}, the "
+                                 f"width of apply_fn's output; got {int(arrays[1].max())}")
+    return data, held_out
+
+
 def _epoch_batches(key: np.ndarray, epoch: int, n: int, batch_size: int) -> np.ndarray:
     """Index matrix ``(steps, batch_size)`` of one epoch; the last row wraps around."""
     perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), n))
@@ -319,8 +337,7 @@ def fit(
     if loss_fn is None and apply_fn is None:
         raise TypeError("fit: argument 'apply_fn' (for the default classification loss) or "
                         "'loss_fn' is required; got neither")
-    data = _arrays(train, loss_fn is None, "train")
-    held_out = None if eval_data is None else _arrays(eval_data, loss_fn is None, "eval_data")
+    data, held_out = _datasets(train, eval_data, None if loss_fn else (apply_fn, params))
     loss_fn = classification_loss(apply_fn) if loss_fn is None else loss_fn
     step_fn, fused_fn, eval_fn = _programs(loss_fn, tx, cfg, hooks)
     state, resumed_from = _initial_state(params, tx, cfg, (checkpoints, resume), mesh)
