@@ -35,7 +35,7 @@ and a target is judged on the median over repetitions of the per-repetition (pai
    and the same optax chain, returning only the loss. Targets: funcgrad GFLOP/s >= 0.75 of
    the peak GFLOP/s; funcgrad step time <= 1.05x the plain step. Informational: the jnp model
    run through ``make_train_step`` (separates the cost of funcgrad's primitives from the
-   cost of ``train.py``'s per-step metrics), an A/A control (the plain step timed twice,
+   cost of ``funcgrad.train``'s per-step metrics), an A/A control (the plain step timed twice,
    with separate states: its paired ratio shows the noise level), and torch's own 2048^3
    matmul.
 4. ``compile``: wall time of ``step.lower(state, batch)`` + ``.compile()`` for a freshly
@@ -490,7 +490,7 @@ def bench_large(reps, steps, log):
         f"(same FLOP count)")
     log(f"time funcgrad/plain: median of paired ratios {t_ratio['median']:.3f} "
         f"(IQR {t_ratio['q25']:.3f}-{t_ratio['q75']:.3f})")
-    log(f"  split: jnp model in make_train_step / plain {t_train['median']:.3f} (train.py's "
+    log(f"  split: jnp model in make_train_step / plain {t_train['median']:.3f} (funcgrad.train's "
         f"metrics and skip logic), funcgrad / jnp in make_train_step {t_prim['median']:.3f} "
         f"(the primitives)")
     log(f"  A/A control plain_again/plain: median {t_aa['median']:.3f} (IQR {t_aa['q25']:.3f}-"
