@@ -32,16 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from .compare import TOLERANCES, Comparison, Tolerance, compare, merge
-from .vjp import _cotangents, _Leaves, _vjps, check_vjp
+from . import _checks as ck
+from ._state import Row, _Battery
 
 __all__ = ["Row", "PrimitiveReport", "CHECKS", "check_primitive", "check_registry"]
 
@@ -50,28 +45,6 @@ CHECKS = ("primal", "reference", "finite differences", "dot product", "grad of g
           "kinks", "edge points", "dtypes", "jit", "vmap", "scan", "remat")
 _QUICK = ("primal", "reference", "finite differences", "dot product", "kinks",
           "edge points", "dtypes")
-#: float64 rule against float64 reference at an edge point: the formula must agree even
-#: where ``jax.grad`` of a textbook reference loses digits (1e-3 at sigmoid(30)).
-_AGREE = Tolerance(rtol=1e-2, atol=0.0, floor=1e-300)
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One check of one primitive.
-
-    Attributes:
-        primitive: the primitive's name.
-        check: the check's name (one of :data:`CHECKS`).
-        ok: whether it passed.
-        detail: on failure the worst element or the error; on success a short summary.
-    """
-
-    primitive: str
-    check: str
-    ok: bool
-    detail: str = ""
-
-
 @dataclasses.dataclass(frozen=True)
 class PrimitiveReport:
     """The battery's verdict on one primitive.
@@ -105,405 +78,6 @@ class PrimitiveReport:
         return "\n".join(lines)
 
 
-def _is_shape(s: Any) -> bool:
-    return isinstance(s, tuple) and all(isinstance(d, int) for d in s)
-
-
-def _draw(domain: str, shape: tuple, rng: np.random.Generator) -> np.ndarray:
-    if domain == "unit":
-        return rng.uniform(size=shape)
-    x = rng.standard_normal(shape)
-    if domain == "positive":
-        return 0.5 + np.abs(x)
-    if domain == "nonzero":
-        return np.where(x >= 0, 0.5 + x, x - 0.5)
-    return x
-
-
-def _sample(prim: Any, seed: int, shapes: Any, dtype: Any) -> tuple:
-    """Arguments inside each argument's domain, like ``registry.sample_args``, drawn with
-    NumPy: no device program is compiled per sample shape."""
-    rng = np.random.default_rng(seed)
-    out: list[Any] = []
-    for arg, shape in zip(prim.args, shapes, strict=True):
-        if arg.kind == "labels":
-            num = prim.sample_shapes[0][0][-1] if not out else jax.tree.leaves(out[0])[0].shape[-1]
-            out.append(jnp.asarray(rng.integers(0, num, size=shape).astype(np.int32)))
-            continue
-        leaves, treedef = jax.tree.flatten(shape, is_leaf=_is_shape)
-        drawn = [jnp.asarray(_draw(arg.domain, s, rng).astype(jnp.dtype(dtype))) for s in leaves]
-        out.append(jax.tree.unflatten(treedef, drawn))
-    return tuple(out)
-
-
-def _error_text(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()
-    first = next((m for m in msg if m.strip()), "")
-    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    where = f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" if frame else ""
-    return f"crashed: {type(exc).__name__}: {first[:400]}{where}"
-
-
-def _summary(c: Comparison) -> str:
-    if not c.ok:
-        text = str(c.worst) if c.worst is not None else ""
-        return "; ".join(t for t in (text, c.note) if t)
-    return f"max abs err {c.max_abs_err:.1e}"
-
-
-class _Battery:
-    """Shared state of one primitive's checks: samples, leaves, the rows found so far."""
-
-    def __init__(self, prim: Any, seed: int):
-        self.prim, self.seed, self.rows = prim, seed, {}
-        self.names = [a.name for a in prim.args]
-        self.argnums = [i for i, a in enumerate(prim.args) if a.kind == "float"]
-        self.ref = prim.call_reference if getattr(prim, "reference", None) is not None else None
-
-    def args(self, dtype: Any, shapes: Any = None, seed: int | None = None) -> tuple:
-        shapes = self.prim.sample_shapes[0] if shapes is None else shapes
-        return _sample(self.prim, self.seed if seed is None else seed, shapes, dtype)
-
-    def put(self, check: str, ok: bool, detail: str = "") -> None:
-        old = self.rows.get(check)
-        if old is None or (old.ok and not ok):
-            self.rows[check] = Row(self.prim.name, check, bool(ok), detail)
-
-    def run(self, checks: Iterable[str], fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except Exception as exc:  # a crashing rule is a failing row, never an exception
-            for c in checks:
-                self.put(c, False, _error_text(exc))
-
-    def vjp(self, fn: Any, **kw: Any):
-        return check_vjp(fn, *kw.pop("args"), argnums=self.argnums, argnames=self.names,
-                         seed=self.seed, **kw)
-
-    def unary_elementwise(self) -> bool:
-        if len(self.prim.args) != 1 or self.argnums != [0]:
-            return False
-        x = jax.ShapeDtypeStruct((3,), jnp.float32)
-        out = jax.eval_shape(self.prim.call, x)
-        return getattr(out, "shape", None) == (3,)
-
-
-def _out_names(b: _Battery, n: int) -> tuple[list[int], list[str], list[str]]:
-    return [len(b.names)] * n, [*b.names, "<output>"], [f"[{k}]" for k in range(n)]
-
-
-def _primal(b: _Battery) -> None:
-    """Plain forward against the forward under differentiation and the reference."""
-    lv = _Leaves(b.args(jnp.float32), b.argnums)
-    g = lv.function(b.prim.call)
-    ref = lv.function(b.ref) if b.ref is not None else None
-
-    def both(x):
-        plain = g(*x)
-        return plain, jax.vjp(g, *x)[0], ref(*x) if ref is not None else plain
-
-    plain, under, want = jax.jit(both)(lv.values)
-    pos, names, paths = _out_names(b, len(plain))
-    tol = TOLERANCES["float32"]
-    c1 = compare("primal", plain, under, pos, names, tol, paths=paths)
-    b.put("primal", c1.ok, "plain forward differs from the forward under jax.vjp: "
-          + _summary(c1) if not c1.ok else _summary(c1))
-    if ref is not None:
-        c2 = compare("primal", plain, want, pos, names, tol, paths=paths)
-        b.put("primal", c2.ok, "plain forward differs from the reference: " + _summary(c2))
-
-
-def _reference(b: _Battery, shape_list: Sequence[Any]) -> None:
-    """float32 VJP against the reference (or the rule's float64 VJP) over the shape grid.
-
-    With a reference, every shape runs in one compiled program.
-    """
-    if b.ref is None:
-        worst = 0.0
-        for shapes in shape_list:
-            r = b.vjp(b.prim.call, args=b.args(jnp.float32, shapes), finite_differences=False,
-                      num_cotangents=2)
-            worst = max(worst, r.max_abs_err)
-            for c in r.comparisons:
-                if not c.ok:
-                    b.put("reference", False, f"shapes {shapes}: {_summary(c)}")
-        return b.put("reference", True, f"{len(shape_list)} shape(s) vs the rule's float64 "
-                     f"VJP, max abs err {worst:.1e}")
-    cases = []
-    for k, shapes in enumerate(shape_list):
-        lv = _Leaves(b.args(jnp.float32, shapes, seed=b.seed + k), b.argnums)
-        outs = jax.eval_shape(lv.function(b.prim.call), *lv.values)
-        cases.append((shapes, lv, _cotangents(outs, 1, b.seed + k)))  # random, non-uniform
-
-    def program(xs, cts):
-        return [(_vjps(lv.function(b.prim.call), x, c)[1],
-                 _vjps(lv.function(b.ref), x, c)[1])
-                for (_, lv, _), x, c in zip(cases, xs, cts, strict=True)]
-
-    results = jax.jit(program)([lv.values for _, lv, _ in cases], [c for *_, c in cases])
-    worst, tol = 0.0, TOLERANCES["float32"]
-    for (shapes, lv, _), (got, want) in zip(cases, results, strict=True):
-        for grads in got:
-            for p, path, gi, xi in zip(lv.pos, lv.paths, grads, lv.values, strict=True):
-                if gi.shape != xi.shape or gi.dtype != xi.dtype:
-                    return b.put("reference", False, f"shapes {shapes}: cotangent of "
-                                 f"{b.names[p]!r}{path} has shape/dtype {gi.shape}/{gi.dtype},"
-                                 f" expected {xi.shape}/{xi.dtype}")
-        c = merge("reference", [compare("reference", a, w, lv.pos, b.names, tol, k,
-                                        paths=lv.paths)
-                                for k, (a, w) in enumerate(zip(got, want, strict=True))])
-        worst = max(worst, c.max_abs_err)
-        if not c.ok:
-            b.put("reference", False, f"shapes {shapes}: {_summary(c)}")
-    b.put("reference", True, f"{len(shape_list)} shape(s) vs reference, max abs err "
-          f"{worst:.1e}")
-
-
-_F64_ROWS = {"reference": "reference", "finite_differences": "finite differences",
-             "dot_product": "dot product", "second_order": "grad of grad"}
-
-
-def _float64(b: _Battery, second_order: bool) -> None:
-    """float64: reference, finite differences, the dot-product test and grad of grad.
-
-    A surrogate gradient (straight-through estimators, gradient clipping or reversal)
-    differs from the derivative of its forward by design. It is declared by a reference
-    whose own autodiff disagrees with finite differences of its forward (the
-    ``stop_gradient`` idiom); the rule is then held to that reference, and the
-    finite-difference rows say so instead of failing.
-    """
-    with jax.enable_x64(True):
-        args = b.args(jnp.float64, max(b.prim.sample_shapes, key=_size))
-        r = b.vjp(b.prim.call, args=args, reference=b.ref, second_order=second_order,
-                  num_cotangents=2)
-        fd_failed = any(not c.ok for c in r.comparisons if c.check != "reference")
-        surrogate = fd_failed and b.ref is not None and not b.vjp(
-            b.ref, args=args, num_cotangents=1).ok
-    for c in r.comparisons:
-        row = _F64_ROWS[c.check]
-        if surrogate and c.check != "reference":
-            b.put(row, True, "surrogate gradient declared by the reference (its autodiff "
-                             "differs from finite differences of its forward); held to it")
-        else:
-            b.put(row, c.ok, ("float64 " if c.check == "reference" else "") + _summary(c))
-
-
-def _rule_grad(fn: Callable[..., Any]) -> Callable[[jax.Array], jax.Array]:
-    """Jitted elementwise derivative of a unary elementwise rule (cotangent of ones)."""
-    return jax.jit(lambda x: jax.vjp(fn, x)[1](jnp.ones_like(x))[0])
-
-
-def _kinks(b: _Battery) -> None:
-    """The declared derivative at each kink, float32 and float64."""
-    points = tuple(getattr(b.prim, "kink_points", ()) or ())
-    if not points:
-        return b.put("kinks", True, "none declared")
-    xs = [float(p[0]) for p in points]
-    declared = np.array([float(p[1]) for p in points])
-    for dt in ("float32", "float64"):
-        with jax.enable_x64(dt == "float64"):
-            got = np.asarray(_rule_grad(b.prim.call)(jnp.asarray(np.asarray(xs, dt))),
-                             np.float64)
-        tol = TOLERANCES[dt]
-        c = compare("kinks", [got], [declared.astype(dt).astype(np.float64)], [0],
-                    b.names, Tolerance(tol.rtol, 0.0, tol.floor), relative=True)
-        if not c.ok:
-            w = c.worst
-            return b.put("kinks", False, f"{dt} at x = {xs[w.index[0]]:g}: declared derivative"
-                         f" {w.expected:.9g}, rule gives {w.actual:.9g}")
-    b.put("kinks", True, "declared at x = " + ", ".join(f"{x:g}" for x in xs))
-
-
-def _point_vjps(gs: Sequence[Callable[..., list]]) -> Callable[[jax.Array], list]:
-    """Vmapped ``x -> [(outputs, cotangent for ones)]`` of several functions (traceable)."""
-    def f(x):
-        res = []
-        for g in gs:
-            outs, pull = jax.vjp(g, x)
-            res.append((outs, pull([jnp.ones_like(o) for o in outs])[0]))
-        return res
-    return jax.vmap(f)
-
-
-def _edge_point(b: _Battery, dt: str, p: float, got: list, truths: list,
-                check: str = "edge points", tol: Tolerance | None = None) -> None:
-    """Pass if ``got`` matches any float64 truth (the rule's own, or the reference's).
-
-    ``jax.grad`` of a textbook reference can lose digits even in float64 (``1 - sigmoid``
-    at x = 30), so the rule's own float64 VJP is a truth too; the primal is judged against
-    the reference's float64 forward when there is one.
-    """
-    first = None
-    for want in truths:
-        c = compare(check, got, want, [0] * len(got), b.names, tol or TOLERANCES[dt],
-                    relative=True, round_to=jnp.dtype(dt))
-        if c.ok:
-            return
-        first = first or c
-    w = first.worst
-    what = "gradient" if check == "edge points" else "forward"
-    note = f"; {first.note}" if first.note else ""
-    b.put(check, False, f"{dt} {what} at edge point {p:g}, element {w.index}: float64 truth "
-          f"{w.expected:.9g}, rule gives {w.actual:.9g} (rel err {w.rel_err:.3g}, allowed "
-          f"{w.allowed:.3g}){note}")
-
-
-def _edges(b: _Battery) -> None:
-    """Gradients (and the primal) at the edge points against a float64 truth.
-
-    A unary elementwise rule is evaluated at each point; any other rule of one float
-    argument at its first sample shifted by the point (``x + p``).
-    """
-    points = np.array([float(p) for p in (getattr(b.prim, "edge_points", ()) or ())])
-    if not points.size:
-        return b.put("edge points", True, "none declared")
-    lv = _Leaves(b.args(jnp.float32), b.argnums)
-    if len(lv.values) != 1:
-        return b.put("edge points", True, "needs exactly one float argument")
-    base = np.zeros(()) if b.unary_elementwise() else np.asarray(lv.values[0], np.float64)
-    stack = points.reshape((-1,) + (1,) * base.ndim) + base
-    inputs = {}
-    for dt in ("float32", "float16", "bfloat16"):
-        rounded = stack.astype(jnp.dtype(dt))
-        keep = np.isfinite(rounded.astype(np.float64)).reshape(len(points), -1).all(1)
-        if keep.any():
-            inputs[dt] = (keep, rounded[keep])
-    fns = [f for f in (b.prim.call, b.ref) if f is not None]
-
-    def program(xs):  # every dtype and both float64 truths in one compiled program
-        return {dt: (_point_vjps([lv.function(b.prim.call, dt)])(xd)[0],
-                     _point_vjps([lv.function(f, jnp.float64) for f in fns])(x64))
-                for dt, (xd, x64) in xs.items()}
-
-    with jax.enable_x64(True):
-        results = jax.jit(program)({dt: (jnp.asarray(r), jnp.asarray(r.astype(np.float64)))
-                                    for dt, (_, r) in inputs.items()})
-    for dt, ((outs, got), truths) in results.items():
-        for i, p in enumerate(points[inputs[dt][0]]):
-            if len(truths) == 2:  # the two truths must roughly agree (formula, not rounding)
-                _edge_point(b, "float64", p, [truths[0][1][i]], [[truths[1][1][i]]],
-                            tol=_AGREE)
-            _edge_point(b, dt, p, [got[i]], [[t[1][i]] for t in truths])
-            _edge_point(b, dt, p, [o[i] for o in outs], [[o[i] for o in t[0]]
-                                                         for t in truths[-1:]], "primal")
-    checked = list(results)
-    at = "x = " if not base.ndim else "x + p, p = "
-    b.put("edge points", True, at + ", ".join(f"{p:g}" for p in points) + " in "
-          + "/".join(checked))
-
-
-def _size(shapes: Any) -> int:
-    try:
-        return sum(int(np.prod(s)) for s in shapes if isinstance(s, tuple))
-    except TypeError:
-        return 0
-
-
-def _dtypes(b: _Battery) -> None:
-    """Outputs and cotangents keep each dtype; float16/bfloat16 values match a float64 truth."""
-    shapes = max(b.prim.sample_shapes, key=_size)  # enough elements for the median check
-    cases = {}
-    for dt in ("float16", "bfloat16", "float32", "float64"):
-        with jax.enable_x64(dt == "float64"):
-            args = b.args(jnp.dtype(dt), shapes)
-            lv = _Leaves(args, b.argnums)
-            g = lv.function(b.prim.call)
-            outs = jax.eval_shape(g, *lv.values)
-            grads = jax.eval_shape(lambda x, g=g: _vjps(g, x, [[jnp.ones(o.shape, o.dtype)
-                                                               for o in g(*x)]])[1][0],
-                                   lv.values)
-        bad = [f"output{k} is {o.dtype}" for k, o in enumerate(outs) if o.dtype != dt]
-        bad += [f"cotangent of {b.names[p]!r}{path} is {gi.dtype}"
-                for p, path, gi in zip(lv.pos, lv.paths, grads, strict=True) if gi.dtype != dt]
-        if bad:
-            return b.put("dtypes", False, f"{dt} arguments: " + "; ".join(bad)
-                         + f"; expected {dt}")
-        if dt in ("float16", "bfloat16"):
-            cases[dt] = (lv, _cotangents(outs, 1, b.seed))
-    low = _low_precision_values(b, cases)
-    if low is not None:
-        return b.put("dtypes", False, low)
-    b.put("dtypes", True, "float16, bfloat16, float32, float64 kept")
-
-
-def _low_precision_values(b: _Battery, cases: dict) -> str | None:
-    """float16/bfloat16 cotangents against a float64 truth, in one program; the failure."""
-    def program(inputs):
-        res = {}
-        for dt, (x, c, x64, c64) in inputs.items():
-            lv = cases[dt][0]
-            truth_fn = b.ref if b.ref is not None else b.prim.call
-            res[dt] = (_vjps(lv.function(b.prim.call), x, [c])[1][0],
-                       _vjps(lv.function(b.ref), x, [c])[1][0] if b.ref is not None else None,
-                       _vjps(lv.function(truth_fn, jnp.float64), x64, [c64])[1][0])
-        return res
-
-    with jax.enable_x64(True):
-        results = jax.jit(program)({
-            dt: (lv.values, ct[0], [jnp.asarray(np.asarray(v, np.float64)) for v in lv.values],
-                 [jnp.asarray(np.asarray(v, np.float64)) for v in ct[0]])
-            for dt, (lv, ct) in cases.items()})
-    for dt, (got, base, truth) in results.items():
-        lv = cases[dt][0]
-        c = compare("reference" if b.ref is not None else "float64_truth", got, truth, lv.pos,
-                    b.names, TOLERANCES[dt], relative=True, paths=lv.paths, baseline=base,
-                    round_to=jnp.dtype(dt))
-        if not c.ok:
-            return f"{dt}: {_summary(c)}"
-    return None
-
-
-def _transforms(b: _Battery, wanted: Sequence[str]) -> None:
-    """The VJP under jit, vmap, scan and jax.checkpoint equals the plain one (float32)."""
-    args = b.args(jnp.float32)
-    lv = _Leaves(args, b.argnums)
-    other = _Leaves(b.args(jnp.float32, seed=b.seed + 1), b.argnums)
-    g = lv.function(b.prim.call)
-    outs = jax.eval_shape(g, *lv.values)
-    rng = np.random.default_rng(b.seed + 2)
-    ct = [jnp.asarray((rng.standard_normal(o.shape) + 0.5).astype(o.dtype)) for o in outs]
-
-    def one(x):
-        return _vjps(g, list(x), [ct])[1][0]
-
-    def stacked(x, x2):
-        return [jnp.stack([u, v]) for u, v in zip(x, x2, strict=True)]
-
-    transforms = {
-        "vmap": lambda x, x2: jax.vmap(lambda *xi: one(xi))(*stacked(x, x2)),
-        "scan": lambda x, x2: jax.lax.scan(lambda c, xi: (c, one(xi)), 0,
-                                           stacked(x, x2))[1],
-        "remat": lambda x, x2: [jnp.stack([u, u]) for u in _vjps(
-            jax.checkpoint(g), list(x), [ct])[1][0]],
-    }
-    todo = [t for t in ("vmap", "scan", "remat") if t in wanted]
-
-    def everything(x, x2):
-        return (one(x), one(x2)), {t: transforms[t](x, x2) for t in todo}
-
-    try:  # one program for all transformations; on a crash, find which one crashed
-        base, results = jax.jit(everything)(lv.values, other.values)
-    except Exception:
-        base = jax.jit(lambda x, x2: (one(x), one(x2)))(lv.values, other.values)
-        results = {}
-        for t in todo:
-            try:
-                results[t] = jax.jit(transforms[t])(lv.values, other.values)
-            except Exception as exc:
-                b.put(t, False, _error_text(exc))
-    if "jit" in wanted:
-        _same(b, "jit", list(base[0]), one(lv.values), lv)
-    for t, got in results.items():
-        expect = [jnp.stack([u, v if t != "remat" else u]) for u, v in zip(*base, strict=True)]
-        _same(b, t, got, expect, lv)
-
-
-def _same(b: _Battery, check: str, got: Sequence[Any], want: Sequence[Any],
-          lv: _Leaves) -> None:
-    c = compare(check, got, want, lv.pos, b.names, TOLERANCES["float32"], paths=lv.paths)
-    b.put(check, c.ok, _summary(c) if not c.ok else "same as the plain VJP")
-
-
 def check_primitive(prim: Any, *, checks: Sequence[str] | None = None, quick: bool = False,
                     seed: int = 0) -> PrimitiveReport:
     """Run the full battery on one primitive record; never raises for a bad rule.
@@ -534,21 +108,21 @@ def check_primitive(prim: Any, *, checks: Sequence[str] | None = None, quick: bo
     t0 = time.perf_counter()
     b = _Battery(prim, seed)
     if "primal" in wanted:
-        b.run(["primal"], lambda: _primal(b))
+        b.run(["primal"], lambda: ck._primal(b))
     if "reference" in wanted:
         shapes = prim.sample_shapes[:1] if quick else prim.sample_shapes
-        b.run(["reference"], lambda: _reference(b, shapes))
+        b.run(["reference"], lambda: ck._reference(b, shapes))
     f64 = [c for c in ("finite differences", "dot product", "grad of grad") if c in wanted]
     if f64:
-        b.run(f64, lambda: _float64(b, "grad of grad" in wanted))
+        b.run(f64, lambda: ck._float64(b, "grad of grad" in wanted))
     pointwise = [c for c in ("kinks", "edge points") if c in wanted]
     if pointwise:
         b.run(pointwise, lambda: _pointwise(b, pointwise))
     if "dtypes" in wanted:
-        b.run(["dtypes"], lambda: _dtypes(b))
+        b.run(["dtypes"], lambda: ck._dtypes(b))
     tr = [c for c in ("jit", "vmap", "scan", "remat") if c in wanted]
     if tr:
-        b.run(tr, lambda: _transforms(b, tr))
+        b.run(tr, lambda: ck._transforms(b, tr))
     rows = tuple(b.rows[c] for c in CHECKS if c in b.rows and c in wanted)
     return PrimitiveReport(prim.name, getattr(prim, "formula", ""), rows,
                            time.perf_counter() - t0)
@@ -557,11 +131,11 @@ def check_primitive(prim: Any, *, checks: Sequence[str] | None = None, quick: bo
 def _pointwise(b: _Battery, which: Sequence[str]) -> None:
     if "kinks" in which:
         if b.unary_elementwise():
-            b.run(["kinks"], lambda: _kinks(b))
+            b.run(["kinks"], lambda: ck._kinks(b))
         else:
             b.put("kinks", True, "not a unary elementwise rule")
     if "edge points" in which:
-        b.run(["edge points"], lambda: _edges(b))
+        b.run(["edge points"], lambda: ck._edges(b))
 
 
 def check_registry(names: Sequence[str] | None = None, *,
