@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from . import dot, text
 from .model import GraphModel
@@ -110,3 +111,54 @@ class Graph(GraphModel):
             ValueError: for an unknown format.
         """
         return dot.render(self, path, format, collapse)
+
+    def expand(self, node: str | None = None) -> Graph:
+        """The graph again, with a summarised ``scan`` node unrolled into its iterations.
+
+        ``explain`` unrolls every scan of at most ``unroll_limit`` iterations and shows a
+        longer one as one ``scan`` node. ``expand("scan")`` runs :func:`funcgrad.explain`
+        again with ``unroll_limit`` raised to that scan's length (so any other scan at most
+        that long is unrolled too); ``expand()`` unrolls every scan node.
+
+        Args:
+            node: the ``scan`` node's name, or ``None`` for all of them.
+
+        Returns:
+            A new graph.
+
+        Raises:
+            ValueError: if ``node`` is not a ``scan`` node, or the graph was not built by
+                :func:`funcgrad.explain` (a collapsed graph: expand before collapsing).
+        """
+        scans = [n for n in self.nodes if n.length is not None]
+        if node is not None:
+            scans = [self[node]]
+            if scans[0].length is None:
+                raise ValueError(f"expand: node {node!r} is not a scan node (op "
+                                 f"{scans[0].op!r}); scan nodes: "
+                                 f"{[n.name for n in self.nodes if n.length is not None]}")
+        if self._rebuild is None or self.unroll_limit is None:
+            raise ValueError("expand: this graph was not built by funcgrad.explain (a "
+                             "collapsed graph?); call expand on explain's graph")
+        limit = max([self.unroll_limit, *(n.length or 0 for n in scans)])
+        return self._rebuild(limit)
+
+    def to_html(self, path: str | os.PathLike[str] | None = None, **kw: Any) -> str:
+        """One self-contained HTML page that steps through backprop.
+
+        See :func:`funcgrad.explain.html.to_html` for the keywords (learning_rate, taps,
+        title, update, collapse).
+
+        Args:
+            path: if given, also write the page there.
+            **kw: keywords of :func:`funcgrad.explain.html.to_html`.
+
+        Returns:
+            The page.
+        """
+        from . import html
+        return html.to_html(self, path, **kw)
+
+    def _repr_html_(self) -> str:
+        from . import html
+        return html.repr_html(self)
