@@ -165,6 +165,24 @@ def _bias(a: np.ndarray, e: np.ndarray, tol: Tolerance) -> float:
     return float(np.median((a[big] - e[big]) / e[big]))
 
 
+def _judge(a: np.ndarray, e: np.ndarray, tol: Tolerance, relative: bool,
+           m: np.ndarray | None, base: np.ndarray | None) -> tuple:
+    """Per-element error, allowance, relative error and score (> 0 fails); baseline bias."""
+    err = _errors(a, e)
+    allowed = _allowed(e, tol, relative)
+    base_bias = 0.0
+    if base is not None:
+        with np.errstate(invalid="ignore"):
+            allowed = allowed + 2 * np.where(np.isfinite(e), _errors(base, e), 0.0)
+        base_bias = abs(_bias(base, e, tol))
+    if m is not None:
+        err, allowed = np.where(m, err, 0.0), np.where(m, allowed, np.inf)
+    rel = err / np.maximum(np.abs(np.where(np.isfinite(e), e, 1.0)), np.finfo(np.float64).tiny)
+    with np.errstate(invalid="ignore"):
+        score = np.where(np.isinf(err), np.inf, err - allowed)
+    return err, allowed, rel, score, base_bias
+
+
 def compare(check: str, actual: Sequence[Any], expected: Sequence[Any],
             positions: Sequence[int], names: Sequence[str], tol: Tolerance, cot: int = 0,
             *, relative: bool = False, paths: Sequence[str] | None = None,
@@ -219,21 +237,9 @@ def compare(check: str, actual: Sequence[Any], expected: Sequence[Any],
                                  f"{paths[k]} has shape {a.shape}, expected {e.shape}")
         if a.size == 0:
             continue
-        err = _errors(a, e)
-        allowed = _allowed(e, tol, relative)
-        base_bias = 0.0
-        if baseline is not None:
-            r = np.asarray(baseline[k]).astype(np.float64)
-            with np.errstate(invalid="ignore"):
-                allowed = allowed + 2 * np.where(np.isfinite(e), _errors(r, e), 0.0)
-            base_bias = abs(_bias(r, e, tol))
-        if mask is not None:
-            m = np.asarray(mask[k], bool)
-            err, allowed = np.where(m, err, 0.0), np.where(m, allowed, np.inf)
-        rel = err / np.maximum(np.abs(np.where(np.isfinite(e), e, 1.0)),
-                               np.finfo(np.float64).tiny)
-        with np.errstate(invalid="ignore"):
-            score = np.where(np.isinf(err), np.inf, err - allowed)
+        m = None if mask is None else np.asarray(mask[k], bool)
+        base = None if baseline is None else np.asarray(baseline[k]).astype(np.float64)
+        err, allowed, rel, score, base_bias = _judge(a, e, tol, relative, m, base)
         i = int(np.argmax(score))
         idx = tuple(int(v) for v in np.unravel_index(i, a.shape))
         max_abs = max(max_abs, float(np.max(err)))

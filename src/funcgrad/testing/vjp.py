@@ -277,6 +277,16 @@ def _plan(n: int, max_elements: int, num_directions: int, rng: np.random.Generat
     return chosen, rand, dirs
 
 
+def _output_shapes(g: Callable, lv: _Leaves, reference: Callable | None) -> list:
+    outs = jax.eval_shape(g, *lv.values)
+    if reference is not None:
+        ref_outs = jax.eval_shape(lv.function(reference), *lv.values)
+        if [o.shape for o in outs] != [o.shape for o in ref_outs]:
+            raise AssertionError(f"check_vjp: fn returned shapes {[o.shape for o in outs]} but "
+                                 f"reference returned {[o.shape for o in ref_outs]}")
+    return outs
+
+
 def _cotangents(outs: Sequence[Any], num: int, seed: int) -> list:
     """Random, non-uniform cotangents (drawn with NumPy: nothing to compile)."""
     rng = np.random.default_rng(seed + 1000)
@@ -349,6 +359,26 @@ class _Plan:
             res.update(jax.jit(lambda x, c, d, w, s: self._high(x, c, d, w, s, None))(
                 self.x64, cts64, self.dirs, self.ws, self.so_dirs))
         return res
+
+
+def _judge(res: dict, plan: _Plan, names: list, tol: Tolerance, fd: bool,
+           so: bool) -> list[Comparison]:
+    """Every comparison of one check_vjp run, from the evaluated results."""
+    lv, low = plan.lv, plan.dname in _LOW
+    comparisons = []
+    for check in ("reference", "float64_truth"):
+        if check in res:
+            comparisons.append(merge(check, [
+                compare(check, a, e, lv.pos, names, tol, k, paths=lv.paths, relative=low,
+                        baseline=res["baseline"][k] if "baseline" in res else None,
+                        round_to=jnp.dtype(plan.dname) if low else None)
+                for k, (a, e) in enumerate(zip(res["got"], res[check], strict=True))]))
+    if fd:
+        comparisons += _fd_judge(np.asarray(res["fd"]), res["got64"], plan.chosen, plan.rand,
+                                 plan.x64, lv, names)
+    if so:
+        comparisons.append(_so_judge(res, plan, lv, names, tol))
+    return comparisons
 
 
 def _so_judge(res: dict, plan: _Plan, lv: _Leaves, names: list, tol: Tolerance) -> Comparison:
@@ -424,12 +454,7 @@ def check_vjp(
     dname = jnp.dtype(jnp.result_type(*lv.values)).name
     tol = tolerance or tolerance_for(dname)
     g = lv.function(fn)
-    outs = jax.eval_shape(g, *lv.values)
-    if reference is not None:
-        ref_outs = jax.eval_shape(lv.function(reference), *lv.values)
-        if [o.shape for o in outs] != [o.shape for o in ref_outs]:
-            raise AssertionError(f"check_vjp: fn returned shapes {[o.shape for o in outs]} but "
-                                 f"reference returned {[o.shape for o in ref_outs]}")
+    outs = _output_shapes(g, lv, reference)
     cts = _cotangents(outs, num_cotangents, seed)
     plan = _Plan(lv, fn, reference, dname, finite_differences, second_order, fd_max_elements,
                  num_directions, seed, fd_eps)
@@ -440,20 +465,7 @@ def check_vjp(
                 raise AssertionError(
                     f"check_vjp: cotangent of argument {names[p]!r}{path} has shape/dtype "
                     f"{gi.shape}/{gi.dtype}, expected {xi.shape}/{xi.dtype}")
-    comparisons = []
-    for check in ("reference", "float64_truth"):
-        if check in res:
-            low = dname in _LOW
-            comparisons.append(merge(check, [
-                compare(check, a, e, lv.pos, names, tol, k, paths=lv.paths, relative=low,
-                        baseline=res["baseline"][k] if "baseline" in res else None,
-                        round_to=jnp.dtype(dname) if low else None)
-                for k, (a, e) in enumerate(zip(res["got"], res[check], strict=True))]))
-    if finite_differences:
-        comparisons += _fd_judge(np.asarray(res["fd"]), res["got64"], plan.chosen, plan.rand,
-                                 plan.x64, lv, names)
-    if second_order:
-        comparisons.append(_so_judge(res, plan, lv, names, tol))
+    comparisons = _judge(res, plan, names, tol, finite_differences, second_order)
     merged = merge("all", comparisons)
     return CheckResult(all(c.ok for c in comparisons), merged.max_abs_err, merged.max_rel_err,
                        merged.worst, tuple(comparisons), dname)
