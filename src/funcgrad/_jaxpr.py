@@ -7,6 +7,14 @@ capture of :mod:`funcgrad.flow`, :func:`funcgrad.explain.find_nonfinite`) is a
 * inlines nested calls (``jit``/``pjit``, ``closed_call``, ``core_call``,
   ``remat``/``checkpoint``), so a jitted function walks like the plain one and the named
   scopes of the outer calls carry into the inner equations;
+* unrolls a ``lax.scan`` of at most ``unroll_limit`` iterations (default
+  :data:`UNROLL_LIMIT`): its body is walked once per iteration (last to first for
+  ``reverse=True``), the carry fed from one iteration to the next. The visitor also meets
+  three small equations the walker makes up (see :func:`loop_equation`): ``scan_index``
+  (``xs[t]``), ``scan_carry`` (the carry leaving iteration ``t``, labelled ``h[t]`` after
+  the body's parameter name) and ``scan_stack`` (the per-iteration ``ys`` stacked). Every
+  equation of iteration ``t`` has ``t`` in :attr:`Equation.iteration`. A longer scan is
+  handed to the visitor as one ``scan`` equation;
 * hands ``custom_vjp`` and ``custom_jvp`` calls to the visitor as one equation each;
 * turns literals and closed-over constants into values through :meth:`Visitor.const`, and
   drops the outputs bound to dropped variables (``_``);
@@ -44,7 +52,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -52,10 +61,13 @@ __all__ = [
     "CUSTOM_JVP_PRIMITIVES",
     "CUSTOM_VJP_PRIMITIVES",
     "INLINE_PRIMITIVES",
+    "LOOP_PRIMITIVES",
     "SCOPE_PREFIX",
+    "UNROLL_LIMIT",
     "Equation",
     "Visitor",
     "funcgrad_name",
+    "loop_equation",
     "sub_jaxpr",
     "walk",
 ]
@@ -67,6 +79,11 @@ SCOPE_PREFIX = "funcgrad."
 INLINE_PRIMITIVES = frozenset(
     {"pjit", "jit", "closed_call", "core_call", "remat", "remat2", "checkpoint",
      "custom_lin_call"})
+#: Scans longer than this are handed to visitors as one ``scan`` equation.
+UNROLL_LIMIT = 16
+#: The made-up equations of an unrolled scan: ``xs[t]``, the carry out of iteration ``t``,
+#: and the stacked ``ys``.
+LOOP_PRIMITIVES = frozenset({"scan_index", "scan_carry", "scan_stack"})
 #: The ``jax.custom_vjp`` call primitives (JAX 0.4.x spelled it ``custom_vjp_call_jaxpr``).
 CUSTOM_VJP_PRIMITIVES = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr"})
 #: The ``jax.custom_jvp`` call primitives.
@@ -170,6 +187,12 @@ class Equation:
         out_avals: abstract values of the outputs.
         params: the equation's parameters.
         bwd_name: for a ``custom_vjp`` call, the backward rule's function name, else ``""``.
+        iteration: inside unrolled scans, the iteration of each enclosing scan, outermost
+            first (``(3,)``); ``()`` outside scans.
+        loop: one id per enclosing unrolled scan (distinct scans, distinct ids), matching
+            ``iteration``.
+        label: for a ``scan_carry`` equation, the carry's name at that iteration
+            (``"h[3]"``), else ``""``.
     """
 
     primitive: str
@@ -181,6 +204,10 @@ class Equation:
     params: Mapping[str, Any] = dataclasses.field(repr=False)
     bwd_name: str = ""
     _eqn: Any = dataclasses.field(default=None, repr=False)
+    iteration: tuple[int, ...] = ()
+    loop: tuple[int, ...] = ()
+    label: str = ""
+    _impl: Callable[..., list[Any]] | None = dataclasses.field(default=None, repr=False)
 
     @property
     def num_consts(self) -> int:
@@ -201,6 +228,8 @@ class Equation:
         Returns:
             The output values, always as a list.
         """
+        if self._impl is not None:
+            return self._impl(*invals)
         eqn = self._eqn
         params = eqn.primitive.get_bind_params(eqn.params)
         manager = getattr(getattr(eqn, "ctx", None), "manager", None)
@@ -249,7 +278,7 @@ def _scope_and_tag(name_stack: str) -> tuple[str, str | None]:
     return name_stack.rsplit("/", 1)[0] if "/" in name_stack else "", tag
 
 
-def _equation(eqn: Any, scope: str) -> Equation:
+def _equation(eqn: Any, scope: str, ctx: _Context) -> Equation:
     prim = eqn.primitive.name
     local_scope, funcgrad = str(eqn.source_info.name_stack), None
     if prim in CUSTOM_VJP_PRIMITIVES:
@@ -263,10 +292,106 @@ def _equation(eqn: Any, scope: str) -> Equation:
     bwd = _debug_name(eqn.params.get("bwd")) if prim in CUSTOM_VJP_PRIMITIVES else ""
     return Equation(prim, name, funcgrad, _join(scope, local_scope),
                     tuple(v.aval for v in eqn.invars), tuple(v.aval for v in eqn.outvars),
-                    eqn.params, bwd, eqn)
+                    eqn.params, bwd, eqn, ctx.iteration, ctx.loop)
 
 
-def walk(closed: Any, args: Sequence[Any], visitor: Visitor, scope: str = "") -> list[Any]:
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """Where the walker is: the enclosing unrolled scans and the unroll limit."""
+
+    unroll_limit: int
+    ids: Iterator[int]
+    iteration: tuple[int, ...] = ()
+    loop: tuple[int, ...] = ()
+
+    def enter(self, loop_id: int, t: int) -> _Context:
+        return dataclasses.replace(self, iteration=(*self.iteration, t),
+                                   loop=(*self.loop, loop_id))
+
+
+def loop_equation(primitive: str, in_avals: Sequence[Any], out_aval: Any, scope: str,
+                  impl: Callable[..., Any], iteration: tuple[int, ...] = (),
+                  loop: tuple[int, ...] = (), label: str = "",
+                  params: Mapping[str, Any] | None = None) -> Equation:
+    """One made-up equation of an unrolled scan (``scan_index``/``scan_carry``/``scan_stack``).
+
+    Args:
+        primitive: its name, one of :data:`LOOP_PRIMITIVES`.
+        in_avals: the inputs' abstract values.
+        out_aval: the output's abstract value.
+        scope: the named-scope path.
+        impl: the function of the inputs it computes (one output).
+        iteration: as :attr:`Equation.iteration`.
+        loop: as :attr:`Equation.loop`.
+        label: as :attr:`Equation.label`.
+        params: its parameters (``{"index": t}`` for ``scan_index``).
+
+    Returns:
+        The :class:`Equation`; its :meth:`~Equation.bind` calls ``impl``.
+    """
+    return Equation(primitive, primitive, None, scope, tuple(in_avals), (out_aval,),
+                    dict(params or {}), "", None, iteration, loop, label,
+                    lambda *xs: [impl(*xs)])
+
+
+def _carry_labels(body: Any, num_consts: int, num_carry: int) -> list[str]:
+    """The carry's names from the body function's parameter names (``h``), else ``carry``."""
+    dbg = getattr(body.jaxpr, "debug_info", None)
+    names = list(getattr(dbg, "arg_names", None) or ())
+    names = names[num_consts:num_consts + num_carry] if len(names) == len(
+        body.jaxpr.invars) else []
+    if len(names) != num_carry or not all(names):
+        return ["carry" if num_carry == 1 else f"carry{j}" for j in range(num_carry)]
+    return names
+
+
+def _unroll_scan(eqn: Any, invals: list[Any], visitor: Visitor, scope: str,
+                 ctx: _Context) -> list[Any]:
+    """Walk a scan's body once per iteration (see the module docstring)."""
+    p = eqn.params
+    body, length, nc, ncarry = p["jaxpr"], p["length"], p["num_consts"], p["num_carry"]
+    consts, carry, xs = invals[:nc], invals[nc:nc + ncarry], invals[nc + ncarry:]
+    x_avals = [v.aval for v in eqn.invars[nc + ncarry:]]
+    labels = _carry_labels(body, nc, ncarry)
+    inner = _join(scope, str(eqn.source_info.name_stack))
+    loop_id = next(ctx.ids)
+    ys: list[list[Any]] = [[] for _ in eqn.outvars[ncarry:]]
+    order = range(length - 1, -1, -1) if p["reverse"] else range(length)
+    for t in order:
+        it = ctx.enter(loop_id, t)
+        x_t = [visitor.equation(loop_equation(
+            "scan_index", [a], a.update(shape=a.shape[1:]), inner,
+            lambda x, t=t: x[t], it.iteration, it.loop, params={"index": t}), [x])[0]
+            for x, a in zip(xs, x_avals, strict=True)]
+        outs = _walk(body.jaxpr, body.consts, [*consts, *carry, *x_t], visitor, inner, it)
+        carry = [visitor.equation(loop_equation(
+            "scan_carry", [v.aval], v.aval, inner, lambda c: c, it.iteration, it.loop,
+            f"{label}[{t}]"), [c])[0]
+            for c, label, v in zip(outs[:ncarry], labels, eqn.outvars[:ncarry], strict=True)]
+        for j, y in enumerate(outs[ncarry:]):
+            ys[j].append(y)
+    _, dropvar_type = _atom_types()
+    stacked = []
+    for col, var in zip(ys, eqn.outvars[ncarry:], strict=True):
+        if isinstance(var, dropvar_type):
+            stacked.append(None)
+            continue
+        if p["reverse"]:
+            col = col[::-1]
+        stacked.append(visitor.equation(loop_equation(
+            "scan_stack", [var.aval.update(shape=var.aval.shape[1:])] * length, var.aval,
+            inner, _stack, ctx.iteration, ctx.loop), col)[0])
+    return [*carry, *stacked]
+
+
+def _stack(*ys: Any) -> Any:
+    import jax.numpy as jnp
+
+    return jnp.stack(ys)
+
+
+def walk(closed: Any, args: Sequence[Any], visitor: Visitor, scope: str = "",
+         unroll_limit: int = UNROLL_LIMIT) -> list[Any]:
     """Walk a closed jaxpr equation by equation, calling ``visitor`` on each.
 
     Args:
@@ -274,6 +399,7 @@ def walk(closed: Any, args: Sequence[Any], visitor: Visitor, scope: str = "") ->
         args: the visitor's values for the jaxpr's inputs, one per input.
         visitor: the :class:`Visitor`.
         scope: a named-scope path to put in front of every equation's own.
+        unroll_limit: scans of at most this many iterations are unrolled (0: none).
 
     Returns:
         The visitor's values for the jaxpr's outputs.
@@ -285,6 +411,12 @@ def walk(closed: Any, args: Sequence[Any], visitor: Visitor, scope: str = "") ->
     if len(args) != len(jaxpr.invars):
         raise ValueError(f"walk: argument 'args' must hold {len(jaxpr.invars)} values, one "
                          f"per input of the jaxpr; got {len(args)}")
+    return _walk(jaxpr, consts, args, visitor, scope,
+                 _Context(int(unroll_limit), itertools.count()))
+
+
+def _walk(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], visitor: Visitor,
+          scope: str, ctx: _Context) -> list[Any]:
     literal_type, dropvar_type = _atom_types()
     env: dict[Any, Any] = {}
     for var, c in zip(jaxpr.constvars, consts, strict=True):
@@ -300,12 +432,15 @@ def walk(closed: Any, args: Sequence[Any], visitor: Visitor, scope: str = "") ->
 
     for eqn in jaxpr.eqns:
         invals = [read(a) for a in eqn.invars]
-        sub = sub_jaxpr(eqn.params) if eqn.primitive.name in INLINE_PRIMITIVES else None
+        name = eqn.primitive.name
+        sub = sub_jaxpr(eqn.params) if name in INLINE_PRIMITIVES else None
         if sub is not None:
             inner_scope = _join(scope, str(eqn.source_info.name_stack))
-            outs = walk(sub, invals, visitor, inner_scope)
+            outs = _walk(sub[0], sub[1], invals, visitor, inner_scope, ctx)
+        elif name == "scan" and 0 < eqn.params.get("length", 0) <= ctx.unroll_limit:
+            outs = _unroll_scan(eqn, invals, visitor, scope, ctx)
         else:
-            outs = visitor.equation(_equation(eqn, scope), invals)
+            outs = visitor.equation(_equation(eqn, scope, ctx), invals)
         for var, out in zip(eqn.outvars, outs, strict=True):
             if not isinstance(var, dropvar_type):
                 env[var] = out

@@ -19,25 +19,28 @@ How it works:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from .._jaxpr import UNROLL_LIMIT
 from .arguments import flatten_arguments
 from .graph import Graph
 from .model import Node
-from .naming import apply_names, default_op_names
+from .naming import apply_names, step_names
 from .tracing import Program, evaluate, is_float, record
 from .values import aval_str, fmt_num
 
-__all__ = ["explain"]
+__all__ = ["Skeleton", "explain", "skeleton"]
 
 def explain(
     fn: Callable[..., Any],
     *args: Any,
     names: Mapping[str | int, str] | Sequence[str | None] | None = None,
+    unroll_limit: int = UNROLL_LIMIT,
     **kwargs: Any,
 ) -> Graph:
     """Trace ``fn``, run it forward and backward, and return its computational graph.
@@ -57,6 +60,11 @@ def explain(
         names: new names for nodes: a mapping from a default name (or an operation's
             position among the op nodes) to a name, or a sequence of names for the op nodes
             in order (``None`` keeps the default).
+        unroll_limit: a ``lax.scan`` of at most this many iterations is unrolled: each
+            iteration's ops are nodes of their own, suffixed with the iteration
+            (``matmul[3]``), and the carry leaving iteration ``t`` is the node ``h[t]``
+            (named after the body's carry parameter). A longer scan is one ``scan`` node
+            (with ``length``); :meth:`Graph.expand` unrolls it.
         **kwargs: keyword arguments for ``fn`` (traced like ``args``).
 
     Returns:
@@ -64,8 +72,8 @@ def explain(
 
     Raises:
         ValueError: if ``fn`` does not return one real scalar (the message suggests
-            wrapping it in ``funcgrad.sum`` or ``funcgrad.mean``), or if ``names`` is
-            invalid.
+            wrapping it in ``funcgrad.sum`` or ``funcgrad.mean``), if ``names`` is
+            invalid, or if ``unroll_limit`` is negative.
         TypeError: if an argument is not made of arrays; the message names it.
 
     Examples:
@@ -80,12 +88,22 @@ def explain(
         >>> float(g["y"].local[1])     # dy/dw = x
         2.0
     """
+    if isinstance(unroll_limit, bool) or not isinstance(unroll_limit, int) \
+            or unroll_limit < 0:
+        raise ValueError("explain: argument 'unroll_limit' must be an int >= 0; got "
+                         f"{unroll_limit!r}")
     fn_name = getattr(fn, "__name__", None) or type(fn).__name__
     leaves, leaf_names, flat_fn = flatten_arguments(fn, args, kwargs)
     closed = jax.make_jaxpr(flat_fn)(*leaves)
     _check_output(fn_name, closed.out_avals)
-    prog = record(closed)
-    return _build_graph(closed, prog, leaves, leaf_names, names, fn_name)
+    prog = record(closed, unroll_limit)
+    graph = _build_graph(closed, prog, leaves, leaf_names, names, fn_name, unroll_limit)
+
+    def rebuild(limit: int) -> Graph:
+        return explain(fn, *args, names=names, unroll_limit=limit, **kwargs)
+
+    graph._rebuild, graph.unroll_limit = rebuild, unroll_limit
+    return graph
 
 
 def _check_output(fn_name: str, out_avals: Sequence[Any]) -> None:
@@ -131,19 +149,17 @@ def _resolve(prog: Program, ids: Sequence[int], shown: set[int]) -> tuple[list[i
     return sources, sorted(segment)
 
 
-def _source_nodes(prog: Program, leaves: Sequence[Any], leaf_names: Sequence[str],
-                  used_consts: Sequence[int], values: Mapping[int, Any],
-                  grads: Mapping[int, Any], taken: set[str]) -> dict[int, Node]:
-    """The input and constant nodes (literals named after their value: ``4``)."""
+def _source_nodes(prog: Program, leaf_names: Sequence[str], used_consts: Sequence[int],
+                  taken: set[str]) -> dict[int, Node]:
+    """The input and constant nodes (literals named after their value: ``4``), no values."""
     nodes: dict[int, Node] = {}
     for i, pname in zip(prog.in_ids, leaf_names, strict=True):
-        nodes[i] = Node(name=pname, op="input", kind="input", value=values[i],
-                        grad=grads.get(i))
+        nodes[i] = Node(name=pname, op="input", kind="input")
         taken.add(pname)
     counts: dict[str, int] = {}
     const_k = 0
     for i in used_consts:
-        val = values[i]
+        val = prog.consts[i]
         if i in prog.literal and jnp.ndim(val) == 0:
             base = fmt_num(val)
         else:
@@ -154,13 +170,16 @@ def _source_nodes(prog: Program, leaves: Sequence[Any], leaf_names: Sequence[str
         while name in taken:
             name += "'"
         taken.add(name)
-        nodes[i] = Node(name=name, op="const", kind="const", value=val, grad=grads.get(i))
+        nodes[i] = Node(name=name, op="const", kind="const", value=val)
     return nodes
 
 
 def _op_names(prog: Program, visible: list[int], out_src: int, names: Any,
               taken: set[str], source_names: list[str]) -> tuple[list[str], dict[str, str]]:
-    default_names = default_op_names([prog.steps[k].op for k in visible], taken)
+    steps = [prog.steps[k] for k in visible]
+    default_names = step_names([s.op for s in steps],
+                               [(s.eqn.loop, s.eqn.iteration) for s in steps],
+                               [s.label for s in steps], taken)
     out_k = prog.producer.get(out_src)
     out_pos = visible.index(out_k) if out_k in visible else None
     final_names = list(default_names)
@@ -171,8 +190,43 @@ def _op_names(prog: Program, visible: list[int], out_src: int, names: Any,
     return apply_names(names, default_names, final_names, output_default, source_names)
 
 
-def _build_graph(closed: Any, prog: Program, leaves: list[Any], leaf_names: list[str],
-                 names: Any, fn_name: str) -> Graph:
+@dataclasses.dataclass
+class Skeleton:
+    """A graph's nodes before any value is computed: names, edges, layers.
+
+    Attributes:
+        visible: the indices of the steps shown as op nodes.
+        edges: step index -> (source ids, hidden steps between them and the step).
+        out_src: the id of the value shown as the output.
+        used_consts: the constant ids that feed shown nodes.
+        nodes_by_id: value id -> the node showing it (inputs, constants, op outputs).
+        all_nodes: every node in topological order.
+        node_of_step: step index -> its op node (visible steps only).
+    """
+
+    visible: list[int]
+    edges: dict[int, tuple[list[int], list[int]]]
+    out_src: int
+    used_consts: list[int]
+    nodes_by_id: dict[int, Node]
+    all_nodes: list[Node]
+    node_of_step: dict[int, Node]
+
+
+def skeleton(prog: Program, leaf_names: Sequence[str], names: Any = None) -> Skeleton:
+    """The graph's nodes, named as :func:`explain` names them, without values.
+
+    Args:
+        prog: the recorded program (:func:`~funcgrad.explain.tracing.record`).
+        leaf_names: the flattened arguments' names.
+        names: the user's renames, as for :func:`explain`.
+
+    Returns:
+        The :class:`Skeleton`.
+
+    Raises:
+        ValueError: for invalid ``names`` or two nodes with one name.
+    """
     visible = [k for k, s in enumerate(prog.steps) if not s.hidden]
     visible_out = {o for k in visible for o in prog.steps[k].outs}
     shown = visible_out | set(prog.in_ids)
@@ -181,26 +235,29 @@ def _build_graph(closed: Any, prog: Program, leaves: list[Any], leaf_names: list
     used_consts = list(dict.fromkeys(
         [s for k in visible for s in edges[k][0] if s in prog.consts]
         + ([out_src] if out_src in prog.consts else [])))
-    probe_ids = [i for i in (*prog.in_ids, *used_consts, *(o for k in visible
-                                                              for o in prog.steps[k].outs))
-                 if is_float(prog.avals[i])]
-    keep = set(prog.in_ids) | set(used_consts) | visible_out
-    values, grads = evaluate(closed, prog, leaves, probe_ids, keep)
-
     taken: set[str] = set()
-    nodes_by_id = _source_nodes(prog, leaves, leaf_names, used_consts, values, grads, taken)
+    nodes_by_id = _source_nodes(prog, leaf_names, used_consts, taken)
     all_nodes = list(dict.fromkeys(nodes_by_id.values()))
     final_names, input_renames = _op_names(prog, visible, out_src, names, taken,
                                            [n.name for n in all_nodes])
     for node in all_nodes:
         node.name = input_renames.get(node.name, node.name)
     layer_of: dict[int, str] = {}
+    node_of_step: dict[int, Node] = {}
     for pos, k in enumerate(visible):
-        node = _op_node(prog, k, edges[k], final_names[pos], nodes_by_id, values, grads)
+        step = prog.steps[k]
+        node = Node(name=final_names[pos], op=step.op, kind="op",
+                    inputs=tuple(nodes_by_id[i] for i in edges[k][0]),
+                    formula=step.formula, scope=step.scope, primitive=step.primitive)
+        if step.eqn.primitive == "scan":
+            node.length = int(step.eqn.params["length"])
+            node.formula = (f"backprop through time over {node.length} iterations (more "
+                            "than unroll_limit): graph.expand(name) shows each")
         node.layer = _layer(node, layer_of)
         layer_of[id(node)] = node.layer
-        for o in prog.steps[k].outs:
+        for o in step.outs:
             nodes_by_id[o] = node
+        node_of_step[k] = node
         all_nodes.append(node)
     names_seen: set[str] = set()
     for node in all_nodes:
@@ -208,24 +265,31 @@ def _build_graph(closed: Any, prog: Program, leaves: list[Any], leaf_names: list
             raise ValueError(f"explain: two nodes are named {node.name!r}; choose distinct "
                              "names")
         names_seen.add(node.name)
-    return Graph(all_nodes, nodes_by_id[out_src], fn_name)
+    return Skeleton(visible, edges, out_src, used_consts, nodes_by_id, all_nodes,
+                    node_of_step)
 
 
-def _op_node(prog: Program, k: int, edge: tuple[list[int], list[int]], name: str,
-             nodes_by_id: Mapping[int, Node], values: Mapping[int, Any],
-             grads: Mapping[int, Any]) -> Node:
-    step = prog.steps[k]
-    srcs, segment = edge
-    vals = tuple(values[o] for o in step.outs)
-    gs = tuple(grads.get(o) for o in step.outs)
-    node = Node(name=name, op=step.op, kind="op",
-                inputs=tuple(nodes_by_id[s] for s in srcs),
-                value=vals[0] if len(vals) == 1 else vals,
-                grad=gs[0] if len(gs) == 1 else gs, formula=step.formula, scope=step.scope,
-                primitive=step.primitive)
-    fn, diff = _segment(prog, k, srcs, segment, values)
-    node._pullback = _make_pullback(fn, diff, len(srcs), [values[srcs[j]] for j in diff])
-    return node
+def _build_graph(closed: Any, prog: Program, leaves: list[Any], leaf_names: list[str],
+                 names: Any, fn_name: str, unroll_limit: int) -> Graph:
+    sk = skeleton(prog, leaf_names, names)
+    visible_out = {o for k in sk.visible for o in prog.steps[k].outs}
+    probe_ids = [i for i in (*prog.in_ids, *sk.used_consts, *(
+        o for k in sk.visible for o in prog.steps[k].outs)) if is_float(prog.avals[i])]
+    keep = set(prog.in_ids) | set(sk.used_consts) | visible_out
+    values, grads = evaluate(closed, prog, leaves, probe_ids, keep, unroll_limit)
+    for i in (*prog.in_ids, *sk.used_consts):
+        node = sk.nodes_by_id[i]
+        node.value, node.grad = values[i], grads.get(i)
+    for k, node in sk.node_of_step.items():
+        outs = prog.steps[k].outs
+        vals = tuple(values[o] for o in outs)
+        gs = tuple(grads.get(o) for o in outs)
+        node.value = vals[0] if len(vals) == 1 else vals
+        node.grad = gs[0] if len(gs) == 1 else gs
+        srcs, segment = sk.edges[k]
+        fn, diff = _segment(prog, k, srcs, segment, values)
+        node._pullback = _make_pullback(fn, diff, len(srcs), [values[srcs[j]] for j in diff])
+    return Graph(sk.all_nodes, sk.nodes_by_id[sk.out_src], fn_name)
 
 
 def _segment(prog: Program, k: int, srcs: list[int], segment: list[int],

@@ -74,6 +74,10 @@ JAX_FORMULAS: Mapping[str, str] = {
     "copy_p": "1",
     "stop_gradient": "0 (gradient stopped)",
     "custom_jvp_call": "the function's custom JVP rule",
+    "scan": "backprop through time: the body's rules run once per iteration, last first",
+    "scan_index": "1 on xs[t], 0 elsewhere",
+    "scan_carry": "1: the carry passes to the next iteration",
+    "scan_stack": "1: gradient split back to each iteration",
 }
 
 

@@ -44,6 +44,8 @@ class Node:
             (``params[0]``), ``"loss"`` for losses, or ``""``.
         primitive: ``True`` for a funcgrad primitive (a registered custom VJP rule).
         members: for a group node, the nodes it collapses; empty otherwise.
+        length: for a ``scan`` node (a scan longer than ``explain``'s ``unroll_limit``),
+            its number of iterations; else ``None``.
     """
 
     name: str
@@ -57,6 +59,7 @@ class Node:
     layer: str = ""
     primitive: bool = False
     members: tuple[Node, ...] = ()
+    length: int | None = None
     _pullback: Callable[[Any], tuple[Any, ...]] | None = dataclasses.field(
         default=None, repr=False)
     _local: Any = dataclasses.field(default=None, repr=False)
@@ -124,6 +127,9 @@ class GraphModel:
         self.loss_name = output.name if loss_name is None else loss_name
         self._by_name = {n.name: n for n in self.all_nodes}
         self._consumers: dict[int, tuple[Node, ...]] | None = None
+        #: the ``unroll_limit`` the graph was built with (``None``: not by ``explain``).
+        self.unroll_limit: int | None = None
+        self._rebuild: Callable[[int], Any] | None = None
 
     @property
     def nodes(self) -> tuple[Node, ...]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["apply_names", "default_op_names"]
+__all__ = ["apply_names", "default_op_names", "step_names"]
 
 
 def default_op_names(ops: Sequence[str], taken: set[str]) -> list[str]:
@@ -36,6 +36,58 @@ def default_op_names(ops: Sequence[str], taken: set[str]) -> list[str]:
         taken.add(name)
         out.append(name)
     return out
+
+
+def step_names(ops: Sequence[str], loops: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
+               labels: Sequence[str], taken: set[str]) -> list[str]:
+    """Default names for op nodes, some of them inside unrolled scans.
+
+    Ops outside scans are named by :func:`default_op_names`. Ops of one scan iteration are
+    numbered among themselves and get the iteration as a suffix (``tanh[3]``,
+    ``matmul_2[3]``); a label (the carry ``h[3]``) wins over both.
+
+    Args:
+        ops: the op of each op node, in order.
+        loops: per op node, ``(loop ids, iterations)`` of its enclosing scans (``((), ())``
+            outside scans).
+        labels: per op node, its fixed name or ``""``.
+        taken: names already used (updated with the new ones).
+
+    Returns:
+        One name per op node.
+
+    Examples:
+        >>> step_names(["matmul", "tanh", "matmul", "tanh", "sum"],
+        ...            [((0,), (0,)), ((0,), (0,)), ((0,), (1,)), ((0,), (1,)), ((), ())],
+        ...            ["", "h[0]", "", "h[1]", ""], {"x"})
+        ['matmul[0]', 'h[0]', 'matmul[1]', 'h[1]', 'sum']
+    """
+    top = [k for k, key in enumerate(loops) if not key[0]]
+    names = [""] * len(ops)
+    for k, name in zip(top, default_op_names([ops[k] for k in top], taken), strict=True):
+        names[k] = name
+    groups: dict[Any, list[int]] = {}
+    for k, key in enumerate(loops):
+        if key[0]:
+            groups.setdefault(key, []).append(k)
+    for (_, iteration), members in groups.items():
+        local = default_op_names([ops[k] for k in members], set())
+        suffix = "".join(f"[{t}]" for t in iteration)
+        for k, name in zip(members, local, strict=True):
+            name = labels[k] or name + suffix
+            while name in taken:
+                name += "'"
+            taken.add(name)
+            names[k] = name
+    for k in top:
+        if labels[k]:
+            taken.discard(names[k])
+            name = labels[k]
+            while name in taken:
+                name += "'"
+            taken.add(name)
+            names[k] = name
+    return names
 
 
 def _apply_mapping(names: Mapping[Any, Any], default_names: list[str], final: list[str],

@@ -42,7 +42,10 @@ class Step:
         op: the node's op name.
         formula: the local derivative.
         primitive: whether it is a funcgrad primitive.
-        hidden: folded into the node it feeds (a primitive's input cast).
+        hidden: folded into the node it feeds (a primitive's input cast, an unrolled
+            scan's ``xs[t]`` and stacking, a carry folded into the op computing it).
+        label: the node's name when fixed by the program (``h[3]``, the carry leaving
+            iteration 3 of an unrolled scan), else ``""``.
     """
 
     eqn: _jaxpr.Equation
@@ -52,6 +55,7 @@ class Step:
     formula: str
     primitive: bool
     hidden: bool = False
+    label: str = ""
 
     @property
     def scope(self) -> str:
@@ -147,20 +151,44 @@ def _hide_casts(prog: Program) -> None:
         s.hidden = same or feeds_primitive
 
 
-def record(closed: Any) -> Program:
+def _fold_loops(prog: Program, carries: bool) -> None:
+    """Hide an unrolled scan's ``xs[t]`` and stacking; name each carry ``h[t]``.
+
+    With ``carries``, a carry computed by an op of the same iteration is folded into that
+    op, which takes the carry's name; any other carry stays a node of its own.
+    """
+    for s in prog.steps:
+        if s.eqn.primitive in ("scan_index", "scan_stack"):
+            s.hidden = True
+        if not carries or s.eqn.primitive != "scan_carry":
+            continue
+        k = prog.producer.get(s.ins[0])
+        src = prog.steps[k] if k is not None else None
+        if (src is not None and not src.hidden and not src.label
+                and src.eqn.primitive not in _jaxpr.LOOP_PRIMITIVES
+                and (src.eqn.loop, src.eqn.iteration) == (s.eqn.loop, s.eqn.iteration)):
+            src.label, s.hidden = s.eqn.label, True
+        else:
+            s.label = s.eqn.label
+
+
+def record(closed: Any, unroll_limit: int = _jaxpr.UNROLL_LIMIT) -> Program:
     """Record the program of a closed jaxpr (see :class:`Recorder`).
 
     Args:
         closed: the closed jaxpr of the function, traced on its flattened arguments.
+        unroll_limit: scans of at most this many iterations are unrolled.
 
     Returns:
-        The :class:`Program`, with hidden casts marked.
+        The :class:`Program`, with hidden steps marked and unrolled carries named.
     """
     rec = Recorder()
     prog = rec.prog
     prog.in_ids = [prog.new_id(a) for a in closed.in_avals]
-    (prog.out_id,) = _jaxpr.walk(closed, prog.in_ids, rec)
+    (prog.out_id,) = _jaxpr.walk(closed, prog.in_ids, rec, unroll_limit=unroll_limit)
+    _fold_loops(prog, carries=False)
     _hide_casts(prog)
+    _fold_loops(prog, carries=True)
     return prog
 
 
@@ -200,7 +228,8 @@ class _Evaluator(_jaxpr.Visitor):
 
 
 def evaluate(closed: Any, prog: Program, leaves: Sequence[Any], probe_ids: Sequence[int],
-             keep: set[int]) -> tuple[dict[int, Any], dict[int, Any]]:
+             keep: set[int], unroll_limit: int = _jaxpr.UNROLL_LIMIT
+             ) -> tuple[dict[int, Any], dict[int, Any]]:
     """Run forward and backward: the kept values, and the gradient of every probed id.
 
     Args:
@@ -209,6 +238,7 @@ def evaluate(closed: Any, prog: Program, leaves: Sequence[Any], probe_ids: Seque
         leaves: the flattened arguments.
         probe_ids: the ids to take ``dL/d(value)`` for (float values only).
         keep: the ids whose values to return.
+        unroll_limit: as given to :func:`record`.
 
     Returns:
         ``(values, grads)``: id -> value for ``keep``, id -> gradient for ``probe_ids``.
@@ -216,7 +246,7 @@ def evaluate(closed: Any, prog: Program, leaves: Sequence[Any], probe_ids: Seque
     def run(probes: dict[int, Any], leaves: Sequence[Any]) -> tuple[Any, dict[int, Any]]:
         ev = _Evaluator(prog, probes, keep)
         args = [ev._seen(i, x) for i, x in zip(prog.in_ids, leaves, strict=True)]
-        (out,) = _jaxpr.walk(closed, args, ev)
+        (out,) = _jaxpr.walk(closed, args, ev, unroll_limit=unroll_limit)
         return out, ev.values
 
     zeros = {i: np.zeros(prog.avals[i].shape, prog.avals[i].dtype) for i in probe_ids}
