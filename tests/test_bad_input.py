@@ -132,3 +132,17 @@ def test_fit_rejects_labels_beyond_the_model_output():
     with pytest.raises(ValueError, match="fit: argument 'eval_data' labels y must be < 3"):
         fg.fit(params, (x, np.array([0, 1, 2, 2])), apply_fn=fg.nn.mlp, tx=fg.optimizer(0.1),
                eval_data=(x, np.array([3, 0, 0, 0])))
+
+
+def test_cli_second_run_on_a_locked_checkpoint_dir_is_one_line(tmp_path, capsys):
+    pytest.importorskip("orbax.checkpoint")
+    from funcgrad.checkpoint import CheckpointManager
+
+    out = tmp_path / "run"
+    with CheckpointManager(tmp_path / "ck", keep=2, every=10):  # a live run holds the lock
+        rc = main(["train", "--epochs", "1", "--hidden", "8", "--no-progress",
+                   "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(out)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("funcgrad train: error: "), err
+    assert not (out / "metrics.jsonl").exists()  # refused before writing anything

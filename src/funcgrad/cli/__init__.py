@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(_COMMANDS[args.command].run(args) or 0)
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
-        print(f"funcgrad {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
+        # OSError: unwritable paths, a full disk, funcgrad.checkpoint.CheckpointError;
+        # ImportError: a missing optional extra (its message says what to install)
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"funcgrad {args.command}: error: {text}", file=sys.stderr)
         return 2

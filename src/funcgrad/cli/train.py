@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -328,25 +329,26 @@ def _fit(args: argparse.Namespace, ds: Any, xs: tuple[Any, Any], mesh: Any,
     tx = train.optimizer(args.lr, momentum=args.momentum,
                          clip_norm=None if args.no_clip_norm else args.clip_norm,
                          clip_value=args.clip_value)
+    checkpoints, formatwarning = None, warnings.formatwarning
+    if args.checkpoint_dir:  # first: a locked or unwritable directory fails before any write
+        from ..checkpoint import CheckpointManager, format_warning
+
+        checkpoints = CheckpointManager(args.checkpoint_dir, keep=args.keep_checkpoints,
+                                        every=args.checkpoint_every)
+        warnings.formatwarning = format_warning  # a CheckpointWarning is one line
     metrics_file = None
-    if out is not None:
-        metrics_file = open(out / "metrics.jsonl", "w")  # noqa: SIM115 - closed below
 
     def on_log(record: dict) -> None:
         if metrics_file is not None:
             metrics_file.write(_strict_json(record) + "\n")
             metrics_file.flush()
 
-    checkpoints = None
-    if args.checkpoint_dir:
-        from ..checkpoint import CheckpointManager
-
-        checkpoints = CheckpointManager(args.checkpoint_dir, keep=args.keep_checkpoints,
-                                        every=args.checkpoint_every)
     config = train.FitConfig(batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
                              steps_per_dispatch=args.steps_per_dispatch,
                              log_every=args.log_every)
     try:
+        if out is not None:
+            metrics_file = open(out / "metrics.jsonl", "w")  # noqa: SIM115 - closed below
         with _Progress(progress) as bar:
             return train.fit(params, (xs[0], ds.y_train), apply_fn=_apply_fn(args), tx=tx,
                              config=config, eval_data=(xs[1], ds.y_test),
@@ -358,6 +360,7 @@ def _fit(args: argparse.Namespace, ds: Any, xs: tuple[Any, Any], mesh: Any,
             metrics_file.close()
         if checkpoints is not None:
             checkpoints.close()
+        warnings.formatwarning = formatwarning
 
 
 def _apply_fn(args: argparse.Namespace) -> Any:
