@@ -83,8 +83,8 @@ def check_primitive(prim: Any, *, checks: Sequence[str] | None = None, quick: bo
     """Run the full battery on one primitive record; never raises for a bad rule.
 
     Args:
-        prim: a registry record (``funcgrad.PRIMITIVES[name]``, or what
-            ``funcgrad.primitive`` registered).
+        prim: a registry record (``funcgrad.PRIMITIVES[name]``), or a primitive made by
+            ``funcgrad.primitive`` (its ``.record`` is used).
         checks: run only these checks (names from :data:`CHECKS`); default: all.
         quick: only the first sample shape, and no transformations or grad of grad.
         seed: seed for samples, cotangents and directions.
@@ -101,6 +101,7 @@ def check_primitive(prim: Any, *, checks: Sequence[str] | None = None, quick: bo
         >>> [(r.check, r.ok) for r in report.rows]
         [('primal', True), ('kinks', True)]
     """
+    prim = getattr(prim, "record", prim)  # the primitive itself, or its record
     wanted = tuple(checks) if checks else (_QUICK if quick else CHECKS)
     unknown = [c for c in wanted if c not in CHECKS]
     if unknown:
