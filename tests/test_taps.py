@@ -1,0 +1,171 @@
+"""funcgrad.tap_grad: the cotangent reaching every primitive call, inside jit, vmap, scan."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import funcgrad as fg
+from funcgrad import nn, registry
+from funcgrad.explain import LESSON_EXAMPLES
+from funcgrad.flow.taps import Tap, activation_stats, tap_grad, tapped_value_and_grad
+
+
+def _mlp_case():
+    params = nn.init_mlp(jax.random.PRNGKey(0), [3, 5, 4, 2], activation="tanh")
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, 3))
+    y = jnp.arange(6) % 2
+
+    def loss(p, x, y):
+        return fg.mean(fg.softmax_cross_entropy(nn.mlp(p, x, activation="tanh"), y))
+    return loss, (params, x, y)
+
+
+def _rnn(w, xs):
+    def body(h, x):
+        h = fg.tanh(fg.add(fg.matmul(h, w), x))
+        return h, fg.sum(h)
+    h, ys = jax.lax.scan(body, jnp.zeros(w.shape[0], w.dtype), xs)
+    return fg.add(fg.sum(fg.square(h)), fg.sum(ys))
+
+
+def _norm(a):
+    return np.linalg.norm(np.asarray(a, np.float64).ravel())
+
+
+def _check_against_explain(fn, args, argnums=0):
+    graph = fg.explain(fn, *args)
+    value, _, taps = jax.jit(tap_grad(fn, argnums=argnums))(*args)
+    prims = [n for n in graph.nodes if n.primitive]
+    assert sorted(taps) == sorted(n.name for n in prims)
+    for node in prims:
+        np.testing.assert_allclose(float(taps[node.name].norm), _norm(node.grad),
+                                   rtol=1e-10, atol=0, err_msg=node.name)
+        np.testing.assert_allclose(float(taps[node.name].max_abs),
+                                   np.max(np.abs(np.asarray(node.grad))), rtol=1e-10)
+    np.testing.assert_allclose(float(value), float(graph.output.value), rtol=1e-12)
+    return taps
+
+
+def test_tap_norms_equal_explains_gradients_on_a_two_layer_mlp():
+    with jax.enable_x64(True):
+        loss, (params, x, y) = _mlp_case()
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        taps = _check_against_explain(loss, (params, x.astype(jnp.float64), y))
+    assert {"dense_1", "tanh_1", "dense_3", "L"} <= set(taps)
+    assert all(t.nonfinite == 0 and t.first_nonfinite == -1 for t in taps.values())
+
+
+@pytest.mark.parametrize("example", sorted(LESSON_EXAMPLES))
+def test_tap_norms_equal_explains_gradients_on_the_lessons_graphs(example):
+    ex = LESSON_EXAMPLES[example]
+    with jax.enable_x64(True):
+        args = tuple(jnp.float64(a) for a in ex.args)
+        _check_against_explain(ex.fn, args)
+
+
+def test_lesson_numbers_and_gradients_as_value_and_grad():
+    fn = LESSON_EXAMPLES["backprop"].fn
+    value, grads, taps = tap_grad(fn, argnums=(0, 1))(2.0, 3.0, 2.0)
+    assert float(value) == 16.0 and [float(g) for g in grads] == [24.0, 16.0]
+    assert float(taps["mul"].norm) == 8.0 and float(taps["L"].norm) == 1.0  # dL/dy, dL/dL
+
+
+def test_grads_and_aux_match_value_and_grad():
+    loss, (params, x, y) = _mlp_case()
+    with_aux = lambda p, x, y: (loss(p, x, y), {"twice": 2 * loss(p, x, y)})
+    (value, aux), grads, taps = jax.jit(tap_grad(with_aux, has_aux=True))(params, x, y)
+    (v0, a0), g0 = jax.value_and_grad(with_aux, has_aux=True)(params, x, y)
+    np.testing.assert_allclose(value, v0, rtol=1e-6)
+    np.testing.assert_allclose(aux["twice"], a0["twice"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(g0), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert isinstance(taps["L"], Tap)
+
+
+def test_nonfinite_count_index_and_zero_fraction():
+    def f(x):
+        return fg.sum(fg.log(fg.relu(x)))   # dL/drelu = 1/relu(x): inf where relu is 0
+    x = jnp.array([1.0, -2.0, 4.0, 0.0])
+    _, _, taps = jax.jit(tap_grad(f))(x)
+    t = taps["relu"]
+    assert int(t.nonfinite) == 2 and int(t.first_nonfinite) == 1
+    assert float(t.max_abs) == np.inf
+    assert int(taps["log"].nonfinite) == 0 and float(taps["log"].zero_fraction) == 0.0
+    g = lambda x: fg.sum(fg.relu(x))
+    _, _, taps = tap_grad(g)(x)
+    assert float(taps["relu"].zero_fraction) == 0.0  # dL/d(relu output) is all ones
+    _, _, taps = tap_grad(lambda x: fg.sum(fg.mul(fg.relu(x), 0.0)))(x)
+    assert float(taps["relu"].zero_fraction) == 1.0
+
+
+def test_taps_under_vmap_gain_a_batch_axis():
+    loss, (params, x, y) = _mlp_case()
+    per_example = lambda xi, yi: tap_grad(loss)(params, xi[None], yi[None])
+    _, grads, taps = jax.jit(jax.vmap(per_example))(x, y)
+    assert taps["L"].norm.shape == (6,)
+    assert jax.tree.leaves(grads)[0].shape[0] == 6
+    for i in (0, 4):
+        _, _, one = tap_grad(loss)(params, x[i:i + 1], y[i:i + 1])
+        for name, t in one.items():
+            np.testing.assert_allclose(taps[name].norm[i], t.norm, rtol=1e-5, err_msg=name)
+
+
+def test_scan_bodies_get_one_row_per_iteration_matching_explain():
+    with jax.enable_x64(True):
+        w = jax.random.normal(jax.random.PRNGKey(0), (3, 3), jnp.float64)
+        xs = jax.random.normal(jax.random.PRNGKey(1), (5, 3), jnp.float64)
+        _, grad_w, taps = jax.jit(tap_grad(_rnn))(w, xs)
+        graph = fg.explain(_rnn, w, xs)
+        np.testing.assert_allclose(grad_w, jax.grad(_rnn)(w, xs), rtol=1e-12)
+    assert taps["h[:]"].norm.shape == (5,) and taps["matmul[:]"].norm.shape == (5,)
+    for t in range(5):
+        for key, node in (("h[:]", f"h[{t}]"), ("matmul[:]", f"matmul[{t}]"),
+                          ("add[:]", f"add[{t}]")):
+            np.testing.assert_allclose(float(taps[key].norm[t]), _norm(graph[node].grad),
+                                       rtol=1e-10)
+    np.testing.assert_allclose(float(taps["square"].norm), _norm(graph["square"].grad))
+
+
+def test_long_scans_are_tapped_too():
+    w = jnp.eye(2) * 0.5
+    xs = jnp.ones((40, 2))
+    _, _, taps = jax.jit(tap_grad(_rnn))(w, xs)
+    assert taps["h[:]"].norm.shape == (40,)
+    # gradients vanish backwards through time: the first step gets the least
+    assert taps["h[:]"].norm[0] < taps["h[:]"].norm[-1]
+
+
+def test_user_primitives_are_tapped():
+    softsign = fg.primitive(
+        name="softsign_tap", fwd=lambda x: (x / (1 + jnp.abs(x)), (x,)),
+        bwd=lambda res, g: (g / (1 + jnp.abs(res[0])) ** 2,),
+        formula="softsign'(x) = 1 / (1 + |x|)^2")
+    try:
+        f = lambda x: fg.sum(fg.mul(softsign(x), 3.0))
+        _, grad, taps = jax.jit(tap_grad(f))(jnp.array([1.0, -1.0]))
+        assert float(taps["softsign_tap"].norm) == pytest.approx(3 * np.sqrt(2))
+        np.testing.assert_allclose(grad, [0.75, 0.75])
+    finally:
+        registry.unregister("softsign_tap")
+
+
+def test_tapped_value_and_grad_for_a_training_step():
+    loss, (params, x, y) = _mlp_case()
+    big = jax.tree.map(lambda a: 10 * a, params)
+    step = jax.jit(tapped_value_and_grad(lambda p, b: (loss(p, *b), {}), taps=False))
+    (value, _), grads, extra = step(big, (x, y))
+    assert extra["taps"] == {} and list(extra["saturation"]) == ["tanh_1", "tanh_2"]
+    want = fg.flow.saturation(lambda p, x: nn.mlp(p, x, activation="tanh"), big, x)
+    np.testing.assert_allclose([extra["saturation"][k] for k in ("tanh_1", "tanh_2")],
+                               want)
+    relu = lambda p, x: fg.sum(nn.mlp(p, x, activation="relu"))
+    _, stats = activation_stats(relu, params, -jnp.abs(x))
+    assert set(stats["dead"]) == {"relu_1", "relu_2"}
+
+
+def test_bad_argnums_is_a_clear_error():
+    with pytest.raises(ValueError, match="tap_grad: argument 'argnums' must be"):
+        tap_grad(lambda x: fg.sum(x), argnums=3)(jnp.ones(2))
