@@ -12,7 +12,7 @@ neither JAX nor optax, so ``funcgrad --help`` answers at once, and ``funcgrad.fi
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -84,6 +84,54 @@ __all__ = [
     "transforms",
     "unbroadcast",
 ]
+
+
+if TYPE_CHECKING:  # what static tools (type checkers, the API docs) see; never executed
+    from . import (
+        checkpoint,
+        data,
+        experiments,
+        explain,
+        flow,
+        nn,
+        parallel,
+        registry,
+        testing,
+        train,
+        transforms,
+    )
+    from .explain import Graph
+    from .primitives import (
+        RuleError,
+        add,
+        batch_norm,
+        dense,
+        div,
+        exp,
+        leaky_relu,
+        log,
+        matmul,
+        mean,
+        mean_squared_error,
+        mul,
+        neg,
+        power,
+        primitive,
+        relu,
+        sigmoid,
+        sigmoid_binary_cross_entropy,
+        softmax_cross_entropy,
+        softplus,
+        square,
+        squared_error,
+        sub,
+        sum,
+        tanh,
+        unbroadcast,
+    )
+    from .registry import PRIMITIVES, Primitive
+    from .train import TrainState, fit, optimizer
+    from .transforms import hessian
 
 
 def __getattr__(name: str) -> Any:
