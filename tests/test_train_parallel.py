@@ -92,3 +92,5 @@ def test_two_process_training_on_localhost(tmp_path):
     summary = json.loads((tmp_path / "p0" / "summary.json").read_text())
     assert len(summary["devices"]) == 2 and summary["test_accuracy"] > 0.8
     assert not (tmp_path / "p1").exists()  # only process 0 writes
+    assert "test_accuracy" in outs[0][0] and "test_accuracy" not in outs[1][0]  # and prints
+    assert all("waiting for the coordinator" in out for out, _ in outs)
