@@ -79,6 +79,7 @@ def test_checkpoint_and_resume_from_the_command_line(tmp_path, capsys):
     assert main([*common, "--resume", "--out", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "resumed from checkpoint at step 24: the run was already complete" in out
+    assert "None" not in out  # "- (no steps trained)" where a finished run has no value
     second = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert second["steps_per_second"] is None  # nothing trained: no made-up rate
     assert second["test_accuracy"] == first["test_accuracy"]

@@ -218,9 +218,10 @@ def _progress_mode(args: argparse.Namespace, is_main: bool) -> str:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    rows = [(k, summary[k]) for k in ("test_accuracy", "test_loss", "train_loss",
-                                      "train_accuracy", "steps", "epochs", "skipped_steps",
-                                      "steps_per_second", "wall_seconds", "devices")]
+    rows = [(k, "- (no steps trained)" if summary[k] is None else summary[k])
+            for k in ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "steps",
+                      "epochs", "skipped_steps", "steps_per_second", "wall_seconds",
+                      "devices")]
     try:
         from rich.console import Console
         from rich.table import Table
