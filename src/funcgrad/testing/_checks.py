@@ -11,7 +11,7 @@ import numpy as np
 
 from ._state import _Battery, _error_text, _size, _summary
 from .compare import TOLERANCES, Tolerance, compare, merge
-from .vjp import _cotangents, _Leaves, _vjps
+from .vjp import _cotangents, _jit, _Leaves, _vjps
 
 #: float64 rule against float64 reference at an edge point: the formula must agree even
 #: where ``jax.grad`` of a textbook reference loses digits (1e-3 at sigmoid(30)).
@@ -32,7 +32,7 @@ def _primal(b: _Battery) -> None:
         plain = g(*x)
         return plain, jax.vjp(g, *x)[0], ref(*x) if ref is not None else plain
 
-    plain, under, want = jax.jit(both)(lv.values)
+    plain, under, want = _jit(both)(lv.values)
     pos, names, paths = _out_names(b, len(plain))
     tol = TOLERANCES["float32"]
     c1 = compare("primal", plain, under, pos, names, tol, paths=paths)
@@ -70,7 +70,7 @@ def _reference(b: _Battery, shape_list: Sequence[Any]) -> None:
                  _vjps(lv.function(b.ref), x, c)[1])
                 for (_, lv, _), x, c in zip(cases, xs, cts, strict=True)]
 
-    results = jax.jit(program)([lv.values for _, lv, _ in cases], [c for *_, c in cases])
+    results = _jit(program)([lv.values for _, lv, _ in cases], [c for *_, c in cases])
     worst, tol = 0.0, TOLERANCES["float32"]
     for (shapes, lv, _), (got, want) in zip(cases, results, strict=True):
         for grads in got:
@@ -120,7 +120,7 @@ def _float64(b: _Battery, second_order: bool) -> None:
 
 def _rule_grad(fn: Callable[..., Any]) -> Callable[[jax.Array], jax.Array]:
     """Jitted elementwise derivative of a unary elementwise rule (cotangent of ones)."""
-    return jax.jit(lambda x: jax.vjp(fn, x)[1](jnp.ones_like(x))[0])
+    return _jit(lambda x: jax.vjp(fn, x)[1](jnp.ones_like(x))[0])
 
 
 def _kinks(b: _Battery) -> None:
@@ -206,7 +206,7 @@ def _edges(b: _Battery) -> None:
                 for dt, (xd, x64) in xs.items()}
 
     with jax.enable_x64(True):
-        results = jax.jit(program)({dt: (jnp.asarray(r), jnp.asarray(r.astype(np.float64)))
+        results = _jit(program)({dt: (jnp.asarray(r), jnp.asarray(r.astype(np.float64)))
                                     for dt, (_, r) in inputs.items()})
     for dt, ((outs, got), truths) in results.items():
         for i, p in enumerate(points[inputs[dt][0]]):
@@ -262,7 +262,7 @@ def _low_precision_values(b: _Battery, cases: dict) -> str | None:
         return res
 
     with jax.enable_x64(True):
-        results = jax.jit(program)({
+        results = _jit(program)({
             dt: (lv.values, ct[0], [jnp.asarray(np.asarray(v, np.float64)) for v in lv.values],
                  [jnp.asarray(np.asarray(v, np.float64)) for v in ct[0]])
             for dt, (lv, ct) in cases.items()})
@@ -305,13 +305,13 @@ def _transforms(b: _Battery, wanted: Sequence[str]) -> None:
         return (one(x), one(x2)), {t: transforms[t](x, x2) for t in todo}
 
     try:  # one program for all transformations; on a crash, find which one crashed
-        base, results = jax.jit(everything)(lv.values, other.values)
+        base, results = _jit(everything)(lv.values, other.values)
     except Exception:
-        base = jax.jit(lambda x, x2: (one(x), one(x2)))(lv.values, other.values)
+        base = _jit(lambda x, x2: (one(x), one(x2)))(lv.values, other.values)
         results = {}
         for t in todo:
             try:
-                results[t] = jax.jit(transforms[t])(lv.values, other.values)
+                results[t] = _jit(transforms[t])(lv.values, other.values)
             except Exception as exc:
                 b.put(t, False, _error_text(exc))
     if "jit" in wanted:
