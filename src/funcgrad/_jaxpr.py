@@ -366,7 +366,7 @@ def _unroll_scan(eqn: Any, invals: list[Any], visitor: Visitor, scope: str,
         outs = _walk(body.jaxpr, body.consts, [*consts, *carry, *x_t], visitor, inner, it)
         carry = [visitor.equation(loop_equation(
             "scan_carry", [v.aval], v.aval, inner, lambda c: c, it.iteration, it.loop,
-            f"{label}[{t}]"), [c])[0]
+            label + "".join(f"[{i}]" for i in it.iteration)), [c])[0]
             for c, label, v in zip(outs[:ncarry], labels, eqn.outvars[:ncarry], strict=True)]
         for j, y in enumerate(outs[ncarry:]):
             ys[j].append(y)
