@@ -19,7 +19,13 @@ The package, by concern:
 * :mod:`.model`, :mod:`.graph` -- :class:`Node` and :class:`Graph`;
 * :mod:`.text`, :mod:`.dot` -- the text and Graphviz renderings; :mod:`.values` --
   number and array formatting; :mod:`.formulas` -- local derivatives of plain JAX ops;
-* :mod:`.nonfinite` -- :func:`find_nonfinite`; :mod:`.lesson` -- the lesson's examples.
+* :mod:`.nonfinite` -- :func:`find_nonfinite`, on :mod:`.replay` (forward and backward
+  replay on the walker) and :mod:`.causes` (the table of diagnoses); :mod:`.lesson` -- the
+  lesson's examples; :mod:`.html` -- the step-through HTML page.
+
+A ``lax.scan`` of up to ``unroll_limit`` (16) iterations is drawn one node per iteration
+(``h[t]`` for the carry); a longer one is one ``scan`` node that :meth:`Graph.expand`
+unrolls.
 
 Examples:
     >>> import funcgrad as fg
