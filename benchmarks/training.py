@@ -63,6 +63,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from _report import write_json
+from _timing import (
+    CLIP,
+    LR,
+    cost_flops,
+    fresh,
+    import_torch,
+    interleave,
+    jnp_classification_loss,
+    make_batches,
+    make_plain_step,
+    n_cores,
+    paired,
+    summary,
+    torch_trainer,
+)
+from _training_report import rows_for, verdict
 
 import funcgrad as fg
 from funcgrad import nn, train
@@ -71,89 +87,11 @@ SECTIONS = ("scalar", "small", "large", "compile")
 SMALL = ((64, 128, 128, 10), 128)
 LARGE = ((784, 1024, 1024, 10), 1024)
 PEAK_N = 2048
-LR, CLIP = 0.01, 1.0
-TARGETS = {  # name: (comparison, target, unit)
-    "scalar_fused_over_loop": (">=", 1000.0, "x"),
-    "small_fused_over_loop": (">=", 1.4, "x"),
-    "small_fused_over_torch": (">=", 3.5, "x"),
-    "large_fraction_of_peak": (">=", 0.75, ""),
-    "large_time_over_plain": ("<=", 1.05, ""),
-    "compile_small_s": ("<", 1.0, " s"),
-    "compile_large_s": ("<", 1.0, " s"),
-}
 ENV_VARS = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
             "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
-def n_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
-
-def meets(name, value):
-    if value is None:
-        return None
-    op, target, _ = TARGETS[name]
-    return {">=": value >= target, "<=": value <= target, "<": value < target}[op]
-
-
-def summary(values):
-    q = np.percentile(values, [25, 75])
-    return {"median": statistics.median(values), "q25": float(q[0]), "q75": float(q[1]),
-            "min": min(values), "max": max(values), "all": list(values)}
-
-
-def interleave(variants, reps):
-    """Run ``variants`` (name -> ``fn() -> steps done``) ``reps`` times in rotating order.
-
-    Returns name -> list of seconds per step, one entry per repetition.
-    """
-    names = list(variants)
-    out = {k: [] for k in names}
-    for r in range(reps):
-        shift = r % len(names)
-        for k in names[shift:] + names[:shift]:
-            t0 = time.perf_counter()
-            steps = variants[k]()
-            out[k].append((time.perf_counter() - t0) / steps)
-    return out
-
-
-def paired(times, num, den):
-    """Per-repetition ratio ``times[den] / times[num]``: how many times faster ``num`` is."""
-    return [d / n for n, d in zip(times[num], times[den], strict=True)]
-
-
-def fresh(tree):
-    return jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
-
-
-def cost_flops(compiled):
-    try:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float(cost["flops"]) if cost and "flops" in cost else None
-    except Exception:  # noqa: BLE001 - cost analysis is optional per backend
-        return None
-
-
-def import_torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(n_cores())
-    return torch
-
-
-def make_batches(sizes, batch, k, seed=1):
-    """K distinct batches ``(x, y, w)`` as NumPy arrays with a leading K axis."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((k, batch, sizes[0]), dtype=np.float32)
-    y = rng.integers(0, sizes[-1], (k, batch), dtype=np.int32)
-    return x, y, np.ones((k, batch), np.float32)
 
 
 # ------------------------------------------------------------------------- 1. scalar
@@ -213,34 +151,6 @@ def bench_scalar(reps, log):
 
 
 # -------------------------------------------------------------------------- 2. small
-def torch_model(torch, params):
-    layers = []
-    for i, p in enumerate(params):
-        lin = torch.nn.Linear(*p["w"].shape)
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(np.asarray(p["w"]).T.copy()))
-            lin.bias.copy_(torch.from_numpy(np.asarray(p["b"]).copy()))
-        layers.append(lin)
-        if i < len(params) - 1:
-            layers.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*layers)
-
-
-def torch_trainer(torch, params):
-    model = torch_model(torch, params)
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    loss_fn = torch.nn.functional.cross_entropy
-
-    def step(x, y):
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-        opt.step()
-        return loss
-
-    return model, step
-
 
 def bench_small(reps, k, log):
     sizes, batch = SMALL
@@ -360,40 +270,6 @@ def bench_small(reps, k, log):
 
 
 # -------------------------------------------------------------------------- 3. large
-def jnp_logits(params, x):
-    h = x
-    for layer in params[:-1]:
-        h = jax.nn.relu(h @ layer["w"] + layer["b"])
-    return h @ params[-1]["w"] + params[-1]["b"]
-
-
-def jnp_loss(params, batch):
-    x, y, w = batch
-    per_example = optax.softmax_cross_entropy_with_integer_labels(jnp_logits(params, x), y)
-    return jnp.sum(per_example * w) / jnp.maximum(jnp.sum(w), 1.0)
-
-
-def jnp_classification_loss(params, batch):
-    """``jnp_loss`` with the aux that ``train.make_train_step`` expects."""
-    x, y, w = batch
-    logits = jnp_logits(params, x)
-    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    count = jnp.sum(w)
-    correct = jnp.sum(jnp.where(jnp.argmax(logits, axis=-1) == y, w, 0.0))
-    return jnp.sum(per_example * w) / jnp.maximum(count, 1.0), {"correct": correct,
-                                                               "count": count}
-
-
-def make_plain_step(tx):
-    def step(state, batch):
-        params, opt_state = state
-        loss, grads = jax.value_and_grad(jnp_loss)(params, batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    return jax.jit(step, donate_argnums=0)
-
-
 def bench_large(reps, steps, log):
     sizes, batch = LARGE
     tx = train.optimizer(LR, clip_norm=CLIP)
@@ -559,55 +435,6 @@ def bench_compile(reps, log):
 
 
 # -------------------------------------------------------------------------- report
-def verdict(ok):
-    return "n/a" if ok is None else ("PASS" if ok else "MISS")
-
-
-def rows_for(results):
-    rows = []
-
-    def add(section, what, name, value, fmt, spread=""):
-        op, target, unit = TARGETS[name]
-        rows.append({"section": section, "comparison": what, "key": name, "value": value,
-                     "text": "skipped (no torch)" if value is None
-                     else fmt.format(value) + spread,
-                     "target": f"{op} {target:g}{unit}",
-                     "ok": meets(name, value)})
-
-    def iqr(r, fmt):
-        return f" (IQR {fmt.format(r['q25'])}-{fmt.format(r['q75'])})"
-
-    if "scalar" in results:
-        r = results["scalar"]["fused_over_loop"]
-        add("scalar", "fused steps/s / per-step loop steps/s", "scalar_fused_over_loop",
-            r["median"], "{:,.0f}x", iqr(r, "{:,.0f}"))
-    if "small" in results:
-        s = results["small"]
-        r = s["fused_over_loop"]
-        add("small", "fused steps/s / per-step loop steps/s", "small_fused_over_loop",
-            r["median"], "{:.2f}x", iqr(r, "{:.2f}"))
-        for key, label in (("fused_over_torch", f"{n_cores()} torch threads"),
-                           ("fused_over_torch_1thread", "1 torch thread")):
-            r = s[key]
-            add("small", f"fused steps/s / torch eager steps/s ({label})",
-                "small_fused_over_torch", None if r is None else r["median"], "{:.2f}x",
-                "" if r is None else iqr(r, "{:.2f}"))
-    if "large" in results:
-        g = results["large"]
-        r = g["fraction_of_peak"]
-        add("large", "funcgrad step GFLOP/s / matmul peak GFLOP/s", "large_fraction_of_peak",
-            r["median"], "{:.3f}", iqr(r, "{:.3f}"))
-        r = g["time_over_plain"]
-        add("large", "funcgrad step time / plain jax.nn step time", "large_time_over_plain",
-            r["median"], "{:.3f}", iqr(r, "{:.3f}"))
-    if "compile" in results:
-        for name in ("small", "large"):
-            c = results["compile"][name]
-            add("compile", f"{name} train step lower+compile (median; first "
-                f"{c['first_s']:.2f} s)", f"compile_{name}_s", c["total_s"]["median"],
-                "{:.3f} s")
-    return rows
-
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],

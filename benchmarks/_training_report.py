@@ -1,0 +1,73 @@
+"""The targets of ``benchmarks/training.py`` and the rows of its verdict table."""
+
+from __future__ import annotations
+
+from _timing import n_cores
+
+TARGETS = {  # name: (comparison, target, unit)
+    "scalar_fused_over_loop": (">=", 1000.0, "x"),
+    "small_fused_over_loop": (">=", 1.4, "x"),
+    "small_fused_over_torch": (">=", 3.5, "x"),
+    "large_fraction_of_peak": (">=", 0.75, ""),
+    "large_time_over_plain": ("<=", 1.05, ""),
+    "compile_small_s": ("<", 1.0, " s"),
+    "compile_large_s": ("<", 1.0, " s"),
+}
+
+
+def meets(name, value):
+    if value is None:
+        return None
+    op, target, _ = TARGETS[name]
+    return {">=": value >= target, "<=": value <= target, "<": value < target}[op]
+
+
+def verdict(ok):
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+def rows_for(results):
+    rows = []
+
+    def add(section, what, name, value, fmt, spread=""):
+        op, target, unit = TARGETS[name]
+        rows.append({"section": section, "comparison": what, "key": name, "value": value,
+                     "text": "skipped (no torch)" if value is None
+                     else fmt.format(value) + spread,
+                     "target": f"{op} {target:g}{unit}",
+                     "ok": meets(name, value)})
+
+    def iqr(r, fmt):
+        return f" (IQR {fmt.format(r['q25'])}-{fmt.format(r['q75'])})"
+
+    if "scalar" in results:
+        r = results["scalar"]["fused_over_loop"]
+        add("scalar", "fused steps/s / per-step loop steps/s", "scalar_fused_over_loop",
+            r["median"], "{:,.0f}x", iqr(r, "{:,.0f}"))
+    if "small" in results:
+        s = results["small"]
+        r = s["fused_over_loop"]
+        add("small", "fused steps/s / per-step loop steps/s", "small_fused_over_loop",
+            r["median"], "{:.2f}x", iqr(r, "{:.2f}"))
+        for key, label in (("fused_over_torch", f"{n_cores()} torch threads"),
+                           ("fused_over_torch_1thread", "1 torch thread")):
+            r = s[key]
+            add("small", f"fused steps/s / torch eager steps/s ({label})",
+                "small_fused_over_torch", None if r is None else r["median"], "{:.2f}x",
+                "" if r is None else iqr(r, "{:.2f}"))
+    if "large" in results:
+        g = results["large"]
+        r = g["fraction_of_peak"]
+        add("large", "funcgrad step GFLOP/s / matmul peak GFLOP/s", "large_fraction_of_peak",
+            r["median"], "{:.3f}", iqr(r, "{:.3f}"))
+        r = g["time_over_plain"]
+        add("large", "funcgrad step time / plain jax.nn step time", "large_time_over_plain",
+            r["median"], "{:.3f}", iqr(r, "{:.3f}"))
+    if "compile" in results:
+        for name in ("small", "large"):
+            c = results["compile"][name]
+            add("compile", f"{name} train step lower+compile (median; first "
+                f"{c['first_s']:.2f} s)", f"compile_{name}_s", c["total_s"]["median"],
+                "{:.3f} s")
+    return rows
+
