@@ -118,3 +118,13 @@ def test_graph_html_methods():
     assert "<svg" in page or "<script" in page
     frame = g._repr_html_()
     assert frame.startswith("<iframe") and "srcdoc" in frame
+
+
+def test_saturation_capture_sees_every_iteration_of_a_short_scan():
+    from funcgrad import flow
+
+    p = RNN.init(jax.random.PRNGKey(1))
+    out, calls = flow.capture(RNN.rnn_loss, p["W"], p["U"], p["xs"], p["h0"], p["target"])
+    assert [c.op for c in calls] == ["tanh"] * RNN.STEPS
+    assert float(out) == pytest.approx(float(RNN.rnn_loss(p["W"], p["U"], p["xs"], p["h0"],
+                                                          p["target"])), rel=1e-6)
