@@ -142,3 +142,10 @@ def test_scan_iteration_is_named_as_explain_names_it():
 
 def test_flow_reexports_the_same_objects():
     assert flow.find_nonfinite is find_nonfinite and flow.NonFinite is NonFinite
+
+
+def test_bad_input_errors_name_find_nonfinite():
+    with pytest.raises(ValueError, match="find_nonfinite: <lambda> must return a scalar"):
+        find_nonfinite(lambda x: fg.log(x), jnp.array([1.0, 0.0]))
+    with pytest.raises(TypeError, match="find_nonfinite: argument 'x' must be an array"):
+        find_nonfinite(lambda x: fg.sum(x), "not an array")

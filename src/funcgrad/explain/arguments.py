@@ -59,7 +59,8 @@ def _bind_arguments(fn: Callable[..., Any], args: tuple[Any, ...],
     return items, call_bound
 
 
-def flatten_arguments(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+def flatten_arguments(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                      caller: str = "explain"
                       ) -> tuple[list[Any], list[str], Callable[..., Any]]:
     """Validate, flatten and name the arguments of ``fn``.
 
@@ -70,6 +71,7 @@ def flatten_arguments(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dic
         fn: the function.
         args: its positional arguments.
         kwargs: its keyword arguments.
+        caller: the public function named in error messages.
 
     Returns:
         ``(leaves, leaf names, flat_fn)`` where ``flat_fn(*leaves)`` calls ``fn``.
@@ -88,7 +90,7 @@ def flatten_arguments(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dic
             if not _is_array_leaf(leaf):
                 where = f" (at {pname})" if path else ""
                 raise TypeError(
-                    f"explain: argument {argname!r} must be an array, a number or a pytree of "
+                    f"{caller}: argument {argname!r} must be an array, a number or a pytree of "
                     f"them; got a {type(leaf).__name__} ({leaf!r}){where}. Pass non-array "
                     "options through functools.partial or a closure instead.")
             if isinstance(leaf, int) and not isinstance(leaf, bool):

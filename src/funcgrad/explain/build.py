@@ -106,21 +106,21 @@ def explain(
     return graph
 
 
-def _check_output(fn_name: str, out_avals: Sequence[Any]) -> None:
+def _check_output(fn_name: str, out_avals: Sequence[Any], caller: str = "explain") -> None:
     if len(out_avals) != 1:
         raise ValueError(
-            f"explain: {fn_name} must return one scalar (a loss); it returned "
+            f"{caller}: {fn_name} must return one scalar (a loss); it returned "
             f"{len(out_avals)} arrays {[aval_str(a) for a in out_avals]}. Return a single "
             "scalar, e.g. the loss alone, or wrap it in funcgrad.sum or funcgrad.mean.")
     aval = out_avals[0]
     if aval.shape != ():
         raise ValueError(
-            f"explain: {fn_name} must return a scalar; it returned an array of shape "
+            f"{caller}: {fn_name} must return a scalar; it returned an array of shape "
             f"{tuple(aval.shape)} ({aval.dtype}). Reduce it to a scalar: wrap it in "
             "funcgrad.sum or funcgrad.mean, e.g. explain(lambda *a: funcgrad.mean(f(*a)), ...).")
     if not jnp.issubdtype(aval.dtype, jnp.floating):
         raise ValueError(
-            f"explain: {fn_name} must return a real floating-point scalar; it returned "
+            f"{caller}: {fn_name} must return a real floating-point scalar; it returned "
             f"{aval.dtype}. Gradients need a float loss.")
 
 

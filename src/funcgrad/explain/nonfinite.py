@@ -259,12 +259,12 @@ def find_nonfinite(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> NonFini
         True
     """
     fn_name = getattr(fn, "__name__", None) or type(fn).__name__
-    leaves, leaf_names, flat_fn = flatten_arguments(fn, args, kwargs)
+    leaves, leaf_names, flat_fn = flatten_arguments(fn, args, kwargs, "find_nonfinite")
     report = _input_report(leaves, leaf_names)
     if report is not None:
         return report
     closed = jax.make_jaxpr(flat_fn)(*leaves)
-    _check_output(fn_name, closed.out_avals)
+    _check_output(fn_name, closed.out_avals, "find_nonfinite")
     prog = record(closed, UNROLL_LIMIT)
     names = _Names(prog, leaf_names)
     tape = Tape(prog)
