@@ -169,3 +169,26 @@ def test_tapped_value_and_grad_for_a_training_step():
 def test_bad_argnums_is_a_clear_error():
     with pytest.raises(ValueError, match="tap_grad: argument 'argnums' must be"):
         tap_grad(lambda x: fg.sum(x), argnums=3)(jnp.ones(2))
+
+
+def test_history_measure_takes_saturation_from_the_steps_forward_pass():
+    apply_fn = lambda p, x: nn.mlp(p, x, activation="tanh")
+    loss, (params, x, y) = _mlp_case()
+    params = jax.tree.map(lambda a: 3 * a, params)
+    history = fg.flow.History(apply_fn=apply_fn)
+    vg = tapped_value_and_grad(lambda p, b: (loss(p, *b), {}), taps=False)
+
+    @jax.jit
+    def both(p):
+        _, grads, extra = vg(p, (x, y))
+        rerun = history.measure(p, grads, batch=(x, y))
+        return history.measure(p, grads, batch=(x, y), activations=extra), rerun
+    fast, rerun = both(params)
+    assert float(jnp.max(rerun["saturation"])) > 0  # the check can fail
+    np.testing.assert_allclose(fast["saturation"], rerun["saturation"])
+    np.testing.assert_allclose(fast["grad_norm"], rerun["grad_norm"])
+    assert "dead_units" not in fast
+    relu_loss = lambda p, b: (fg.mean(fg.softmax_cross_entropy(nn.mlp(p, b[0]), b[1])), {})
+    _, grads, extra = tapped_value_and_grad(relu_loss, taps=False)(params, (x, y))
+    got = fg.flow.History().measure(params, grads, activations=extra)
+    assert got["dead_units"].shape == (2,) and "saturation" not in got

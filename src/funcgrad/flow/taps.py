@@ -74,27 +74,35 @@ def _stats_dtype(dtypes: Sequence[Any]) -> Any:
 
 
 def _cotangent_stats(gs: Sequence[jax.Array]) -> jax.Array:
-    """``[sum of squares, max |g|, non-finite count, zero share, first non-finite]``."""
+    """``[sum of squares, max |g|, non-finite count, zero share, first non-finite]``.
+
+    Plain (vectorised) reductions; the count and the index of non-finite elements are
+    computed only when the sum of squares is not finite (a ``lax.cond``; under ``vmap``
+    both branches run). A NaN anywhere makes the sum and the maximum NaN.
+    """
     dtype = _stats_dtype([g.dtype for g in gs])
-    total = sum(int(np.prod(g.shape)) for g in gs)
-    sumsq = maxabs = bad = zeros = jnp.zeros((), dtype)
-    first = jnp.asarray(total, jnp.int32)
-    offset = 0
-    for g in gs:
-        flat = jnp.ravel(g).astype(dtype)
-        n = flat.shape[0]
-        if n == 0:
-            continue
-        nonfinite = ~jnp.isfinite(flat)
-        sumsq = sumsq + jnp.sum(flat * flat)
-        maxabs = jnp.maximum(maxabs, jnp.max(jnp.abs(flat)))
-        bad = bad + jnp.sum(nonfinite, dtype=dtype)
-        zeros = zeros + jnp.sum(flat == 0, dtype=dtype)
-        here = jnp.min(jnp.where(nonfinite, jnp.arange(n, dtype=jnp.int32), n))
-        first = jnp.where((first == total) & (here < n), here + offset, first)
-        offset += n
-    first = jnp.where(first == total, -1, first).astype(dtype)
-    return jnp.stack([sumsq, maxabs, bad, zeros / max(total, 1), first])
+    flats = [jnp.ravel(g).astype(dtype) for g in gs if int(np.prod(g.shape))]
+    total = sum(f.shape[0] for f in flats)
+    zero, one = jnp.zeros((), dtype), jnp.ones((), dtype)
+    if not flats:
+        return jnp.stack([zero, zero, zero, zero, -one])
+    sumsq = sum((jnp.sum(f * f) for f in flats), zero)
+    maxabs = jnp.max(jnp.stack([jnp.max(jnp.abs(f)) for f in flats]))
+    zeros = sum((jnp.sum(jnp.where(f == 0, one, zero)) for f in flats), zero)
+
+    def nonfinite() -> tuple[jax.Array, jax.Array]:
+        bad, first, offset = zero, jnp.asarray(total, jnp.int32), 0
+        for f in flats:
+            n = f.shape[0]
+            mask = ~jnp.isfinite(f)
+            bad = bad + jnp.sum(jnp.where(mask, one, zero))
+            here = jnp.min(jnp.where(mask, jnp.arange(n, dtype=jnp.int32), n))
+            first = jnp.where((first == total) & (here < n), here + offset, first)
+            offset += n
+        return bad, jnp.where(first == total, -1, first).astype(dtype)
+
+    bad, first = jax.lax.cond(jnp.isfinite(sumsq), lambda: (zero, -one), nonfinite)
+    return jnp.stack([sumsq, maxabs, bad, zeros / total, first])
 
 
 @jax.custom_vjp
