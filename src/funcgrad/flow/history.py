@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from .saturation import saturation
+from .saturation import saturation, saturation_from
 from .stats import layer_stats
 
 __all__ = ["History", "to_jsonable"]
@@ -141,21 +141,36 @@ class History:
         self._next_step = 0
 
     def measure(self, params: Any, grads: Any, updates: Any = None,
-                batch: Any = None) -> dict[str, jax.Array]:
+                batch: Any = None, activations: Mapping[str, Any] | None = None
+                ) -> dict[str, jax.Array]:
         """The flow statistics of one step, computed inside jit.
+
+        Saturation and dead units come from the step's own forward pass: a step that
+        differentiates with :func:`funcgrad.flow.taps.tapped_value_and_grad` passes its
+        ``extra`` as ``activations`` and nothing runs the model again. Without
+        ``activations``, but with :attr:`apply_fn` and ``batch``, the model is run once
+        more on ``x`` to measure saturation.
 
         Args:
             params: parameters before the step.
             grads: their gradients.
             updates: the optimizer's updates, or ``None``.
-            batch: the step's batch ``(x, ...)``; with :attr:`apply_fn` set, saturation is
-                measured on ``x``.
+            batch: the step's batch ``(x, ...)``; used only without ``activations``.
+            activations: the step's forward statistics, ``{"saturation": {name: share},
+                "dead": {name: share}}`` (from ``tapped_value_and_grad``).
 
         Returns:
-            :func:`~funcgrad.flow.layer_stats` output, plus ``saturation`` when measurable.
+            :func:`~funcgrad.flow.layer_stats` output, plus ``saturation`` (one share per
+            sigmoid/tanh call, in order) when measurable, and ``dead_units`` (one share per
+            relu call) when ``activations`` has relu calls.
         """
         stats = layer_stats(grads, params, updates)
-        if self.apply_fn is not None and batch is not None:
+        if activations is not None:
+            if activations.get("saturation") or self.apply_fn is not None:
+                stats["saturation"] = saturation_from(activations)
+            if activations.get("dead"):
+                stats["dead_units"] = saturation_from(activations, "dead")
+        elif self.apply_fn is not None and batch is not None:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             stats["saturation"] = saturation(self.apply_fn, params, x, eps=self.eps)
         return stats

@@ -5,12 +5,17 @@ function equation by equation and keeps the input of every ``sigmoid``/``tanh`` 
 call, recognised by its ``funcgrad.<name>`` scope. :func:`saturation` turns those inputs
 into fractions of saturated units with :func:`saturated_fraction`. The model's code is not
 touched. Re-exported by :mod:`funcgrad.flow`.
+
+Inside a training step the model is not run again: the step's own forward pass, read by
+:func:`funcgrad.flow.taps.tapped_value_and_grad` with the same :func:`saturated_fraction`,
+gives the same shares, and :func:`saturation_from` turns them into :func:`saturation`'s
+array (:meth:`funcgrad.flow.History.measure` takes them as ``activations``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -18,7 +23,8 @@ import jax.numpy as jnp
 
 from .. import _jaxpr
 
-__all__ = ["SATURATING_OPS", "Captured", "capture", "saturated_fraction", "saturation"]
+__all__ = ["SATURATING_OPS", "Captured", "capture", "saturated_fraction", "saturation",
+           "saturation_from"]
 
 #: The activations whose saturation :func:`saturation` measures.
 SATURATING_OPS: tuple[str, ...] = ("sigmoid", "tanh")
@@ -179,3 +185,37 @@ def saturation(fn: Callable[..., Any], *args: Any, eps: float = 0.01,
     if not calls:
         return jnp.zeros((0,), jnp.float32)
     return jnp.stack([saturated_fraction(c.op, c.x, eps) for c in calls])
+
+
+def saturation_from(activations: Mapping[str, Any], kind: str = "saturation") -> jax.Array:
+    """The :func:`saturation` array from forward statistics a step already recorded.
+
+    A step differentiated with :func:`funcgrad.flow.taps.tapped_value_and_grad` (or a run
+    of :func:`funcgrad.flow.taps.activation_stats`) reads each activation's forward pass
+    once; this turns its ``{"saturation": {name: share}, "dead": {name: share}}`` into
+    one share per call, in execution order, without running the model again. A call
+    inside a ``lax.scan`` body (one row per iteration) counts with its mean.
+
+    Args:
+        activations: the forward statistics.
+        kind: ``"saturation"`` (sigmoid/tanh) or ``"dead"`` (relu units).
+
+    Returns:
+        A 1-D float32 array (empty if there is no such call).
+
+    Raises:
+        ValueError: for an unknown ``kind``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> saturation_from({"saturation": {"tanh_1": jnp.float32(0.5),
+        ...                                 "tanh[:]": jnp.array([0.0, 1.0])}}).tolist()
+        [0.5, 0.5]
+    """
+    if kind not in ("saturation", "dead"):
+        raise ValueError(f"saturation_from: argument 'kind' must be 'saturation' or 'dead'; "
+                         f"got {kind!r}")
+    values = list(activations.get(kind, {}).values())
+    if not values:
+        return jnp.zeros((0,), jnp.float32)
+    return jnp.stack([jnp.mean(jnp.asarray(v, jnp.float32)) for v in values])
