@@ -70,7 +70,6 @@ from _timing import (
     fresh,
     import_torch,
     interleave,
-    jnp_classification_loss,
     make_batches,
     make_plain_step,
     n_cores,
@@ -78,6 +77,7 @@ from _timing import (
     summary,
     torch_trainer,
 )
+from _training_parts import large_programs, large_ratios, small_checks, small_ratios
 from _training_report import rows_for, verdict
 
 import funcgrad as fg
@@ -170,34 +170,8 @@ def bench_small(reps, k, log):
         f"make_train_step, one dispatch per step; {dispatches * k} steps per variant per "
         f"repetition, {reps} interleaved repetitions ===")
 
-    # Same computation? One step from the same parameters on batch 0.
-    s1, m1 = step(train.init_state(fresh(params), tx), singles[0])
-    sf, mf = fused(train.init_state(fresh(params), tx), jax.tree.map(lambda a: a[:1], stacked))
-    diff = max(float(jnp.max(jnp.abs(a - b)))
-               for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(sf.params),
-                               strict=True))
-    log(f"check: step-0 loss {float(m1['loss']):.6f} (fused {float(mf['loss'][0]):.6f}), "
-        f"grad norm {float(m1['grad_norm']):.4f}; max |params loop - fused| after one step "
-        f"{diff:.1e}")
-    torch_check = None
-    tx_in = tx_out = None
-    if torch is not None:
-        tx_in = [torch.from_numpy(xs[i]) for i in range(k)]
-        tx_out = [torch.from_numpy(ys[i].astype(np.int64)) for i in range(k)]
-        model, tstep = torch_trainer(torch, params)
-        t_loss = float(tstep(tx_in[0], tx_out[0]).detach())
-        t_params = [(lin.weight.detach().numpy().T, lin.bias.detach().numpy())
-                    for lin in model if isinstance(lin, torch.nn.Linear)]
-        t_diff = max(max(float(np.max(np.abs(np.asarray(p["w"]) - tw))),
-                         float(np.max(np.abs(np.asarray(p["b"]) - tb))))
-                     for p, (tw, tb) in zip(s1.params, t_params, strict=True))
-        torch_check = {"loss": t_loss, "max_abs_param_diff_after_one_step": t_diff}
-        log(f"check: torch step-0 loss {t_loss:.6f}; max |params funcgrad - torch| after one "
-            f"step {t_diff:.1e}")
-        log(f"torch {torch.__version__}: set_num_threads({n_cores()}), get_num_threads() = "
-            f"{torch.get_num_threads()}, interop threads {torch.get_num_interop_threads()}")
-    else:
-        log("torch is not importable: the torch comparison is skipped")
+    m1, diff, torch_check, tx_in, tx_out = small_checks(step, fused, tx, params,
+                                                         (xs, ys), singles, stacked, torch, log)
 
     states = {"fused": train.init_state(fresh(params), tx),
               "loop": train.init_state(fresh(params), tx)}
@@ -243,20 +217,7 @@ def bench_small(reps, k, log):
         med = statistics.median(times[name])
         log(f"{name:6s}: median {med * 1e6:9.1f} us/step = {1 / med:9,.0f} steps/s "
             f"(min {min(times[name]) * 1e6:.1f}, max {max(times[name]) * 1e6:.1f} us)")
-    r_loop = summary(paired(times, "fused", "loop"))
-    log(f"fused/loop  steps/s: median of paired ratios {r_loop['median']:.3f} "
-        f"(IQR {r_loop['q25']:.3f}-{r_loop['q75']:.3f})")
-    r_torch = loop_torch = r_torch1 = None
-    if torch is not None:
-        r_torch = summary(paired(times, "fused", "torch"))
-        loop_torch = summary(paired(times, "loop", "torch"))
-        log(f"fused/torch steps/s: median of paired ratios {r_torch['median']:.3f} "
-            f"(IQR {r_torch['q25']:.3f}-{r_torch['q75']:.3f})")
-        log(f"loop/torch  steps/s: median of paired ratios {loop_torch['median']:.3f} "
-            f"(IQR {loop_torch['q25']:.3f}-{loop_torch['q75']:.3f}) (informational)")
-        r_torch1 = summary(paired(times, "fused", "torch_1thread"))
-        log(f"fused/torch with torch.set_num_threads(1): median of paired ratios "
-            f"{r_torch1['median']:.3f} (IQR {r_torch1['q25']:.3f}-{r_torch1['q75']:.3f})")
+    ratios = small_ratios(times, torch, log)
     return {
         "sizes": list(sizes), "batch": batch, "k": k, "steps_per_rep": dispatches * k,
         "reps": reps, "torch": None if torch is None else torch.__version__,
@@ -264,12 +225,22 @@ def bench_small(reps, k, log):
         "check": {"loss": float(m1["loss"]), "max_abs_param_diff_loop_fused": diff,
                   "torch": torch_check},
         "s_per_step": {name: summary(v) for name, v in times.items()},
-        "fused_over_loop": r_loop, "fused_over_torch": r_torch, "loop_over_torch": loop_torch,
-        "fused_over_torch_1thread": r_torch1, "torch_steps_per_rep": torch_steps,
+        **ratios, "torch_steps_per_rep": torch_steps,
     }
 
 
 # -------------------------------------------------------------------------- 3. large
+def peak_matmul(log):
+    """The jitted float32 matmul PEAK_N^3 that defines the peak, and its FLOP count."""
+    a_mm = jax.random.normal(jax.random.PRNGKey(2), (PEAK_N, PEAK_N), jnp.float32)
+    b_mm = jax.random.normal(jax.random.PRNGKey(3), (PEAK_N, PEAK_N), jnp.float32)
+    mm = jax.jit(jnp.matmul).lower(a_mm, b_mm).compile()
+    mm_flops = 2.0 * PEAK_N**3
+    log(f"peak matmul: {mm_flops / 1e9:.3f} GFLOP per call (XLA cost analysis "
+        f"{(cost_flops(mm) or float('nan')) / 1e9:.3f})")
+    return a_mm, b_mm, mm, mm_flops
+
+
 def bench_large(reps, steps, log):
     sizes, batch = LARGE
     tx = train.optimizer(LR, clip_norm=CLIP)
@@ -280,28 +251,9 @@ def bench_large(reps, steps, log):
         f"optimizer(0.01, clip_norm=1.0); peak: jitted float32 matmul {PEAK_N}^3; "
         f"{steps} steps per variant per repetition, {reps} interleaved repetitions ===")
 
-    a_mm = jax.random.normal(jax.random.PRNGKey(2), (PEAK_N, PEAK_N), jnp.float32)
-    b_mm = jax.random.normal(jax.random.PRNGKey(3), (PEAK_N, PEAK_N), jnp.float32)
-    mm = jax.jit(jnp.matmul).lower(a_mm, b_mm).compile()
-    mm_flops = 2.0 * PEAK_N**3
-    log(f"peak matmul: {mm_flops / 1e9:.3f} GFLOP per call (XLA cost analysis "
-        f"{(cost_flops(mm) or float('nan')) / 1e9:.3f})")
+    a_mm, b_mm, mm, mm_flops = peak_matmul(log)
 
-    fg_step = train.make_train_step(train.classification_loss(nn.mlp), tx)
-    jt_step = train.make_train_step(jnp_classification_loss, tx)
-    plain = make_plain_step(tx)
-    states = {"funcgrad": train.init_state(fresh(params), tx),
-              "jnp_train_step": train.init_state(fresh(params), tx),
-              "plain": (fresh(params), tx.init(fresh(params)))}
-    fns = {"funcgrad": fg_step.lower(states["funcgrad"], b).compile(),
-           "jnp_train_step": jt_step.lower(states["jnp_train_step"], b).compile(),
-           "plain": plain.lower(states["plain"], b).compile()}
-    flops = {k: cost_flops(c) for k, c in fns.items()}
-    textbook = 6.0 * batch * sum(i * o for i, o in zip(sizes[:-1], sizes[1:], strict=True))
-    for k, f in flops.items():
-        log(f"step FLOPs {k:14s}: XLA cost analysis "
-            f"{(f or float('nan')) / 1e9:.3f} GFLOP (textbook 6*B*sum(in*out) = "
-            f"{textbook / 1e9:.3f}; the first layer needs no input gradient)")
+    states, fns, flops, textbook = large_programs(tx, params, b, sizes, batch, log)
     step_flops = flops["funcgrad"] or textbook
 
     # Same computation? One step of each from the same parameters.
@@ -355,22 +307,7 @@ def bench_large(reps, steps, log):
         log(f"{k:14s}: median {statistics.median(times[k]) * 1e3:8.2f} ms/call, "
             f"{statistics.median(gflops[k]):6.1f} GFLOP/s (min {min(times[k]) * 1e3:.2f}, "
             f"max {max(times[k]) * 1e3:.2f} ms)")
-    frac = summary([s / p for s, p in zip(gflops["funcgrad"], gflops["peak"], strict=True)])
-    frac_plain = summary([s / p for s, p in zip(gflops["plain"], gflops["peak"], strict=True)])
-    t_ratio = summary(paired(times, "plain", "funcgrad"))
-    t_train = summary(paired(times, "plain", "jnp_train_step"))
-    t_prim = summary(paired(times, "jnp_train_step", "funcgrad"))
-    t_aa = summary(paired(times, "plain", "plain_again"))
-    log(f"funcgrad fraction of peak: median of paired ratios {frac['median']:.3f} "
-        f"(IQR {frac['q25']:.3f}-{frac['q75']:.3f}); plain {frac_plain['median']:.3f} "
-        f"(same FLOP count)")
-    log(f"time funcgrad/plain: median of paired ratios {t_ratio['median']:.3f} "
-        f"(IQR {t_ratio['q25']:.3f}-{t_ratio['q75']:.3f})")
-    log(f"  split: jnp model in make_train_step / plain {t_train['median']:.3f} (funcgrad.train's "
-        f"metrics and skip logic), funcgrad / jnp in make_train_step {t_prim['median']:.3f} "
-        f"(the primitives)")
-    log(f"  A/A control plain_again/plain: median {t_aa['median']:.3f} (IQR {t_aa['q25']:.3f}-"
-        f"{t_aa['q75']:.3f}, min {t_aa['min']:.3f}, max {t_aa['max']:.3f})")
+    ratios = large_ratios(times, gflops, log)
     return {
         "sizes": list(sizes), "batch": batch, "reps": reps, "steps_per_rep": steps,
         "peak_matmul": {"n": PEAK_N, "flops": mm_flops},
@@ -379,9 +316,7 @@ def bench_large(reps, steps, log):
         "check": {"max_abs_param_diff_funcgrad_plain": diff},
         "s_per_call": {k: summary(v) for k, v in times.items()},
         "gflops": {k: summary(v) for k, v in gflops.items()},
-        "fraction_of_peak": frac, "plain_fraction_of_peak": frac_plain,
-        "time_over_plain": t_ratio, "jnp_train_step_over_plain": t_train,
-        "funcgrad_over_jnp_train_step": t_prim, "aa_control_plain_again_over_plain": t_aa,
+        **ratios,
     }
 
 
