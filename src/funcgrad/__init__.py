@@ -35,6 +35,7 @@ _NAMES: dict[str, str] = {
     "TrainState": "train",
     "fit": "train",
     "optimizer": "train",
+    "tap_grad": "flow.taps",
 }
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "sub",
     "sum",
     "tanh",
+    "tap_grad",
     "testing",
     "train",
     "transforms",
