@@ -10,12 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._state import _Battery, _error_text, _size, _summary
-from .compare import TOLERANCES, Tolerance, compare, merge
+from .compare import EDGE_AGREEMENT, TOLERANCES, Tolerance, compare, merge
 from .vjp import _cotangents, _jit, _Leaves, _vjps
-
-#: float64 rule against float64 reference at an edge point: the formula must agree even
-#: where ``jax.grad`` of a textbook reference loses digits (1e-3 at sigmoid(30)).
-_AGREE = Tolerance(rtol=1e-2, atol=0.0, floor=1e-300)
 
 
 def _out_names(b: _Battery, n: int) -> tuple[list[int], list[str], list[str]]:
@@ -212,7 +208,7 @@ def _edges(b: _Battery) -> None:
         for i, p in enumerate(points[inputs[dt][0]]):
             if len(truths) == 2:  # the two truths must roughly agree (formula, not rounding)
                 _edge_point(b, "float64", p, [truths[0][1][i]], [[truths[1][1][i]]],
-                            tol=_AGREE)
+                            tol=EDGE_AGREEMENT)
             _edge_point(b, dt, p, [got[i]], [[t[1][i]] for t in truths])
             _edge_point(b, dt, p, [o[i] for o in outs], [[o[i] for o in t[0]]
                                                          for t in truths[-1:]], "primal")
