@@ -103,6 +103,7 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API docs) see; never 
         transforms,
     )
     from .explain import Graph
+    from .flow.taps import tap_grad
     from .primitives import (
         RuleError,
         add,
