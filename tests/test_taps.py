@@ -192,3 +192,17 @@ def test_history_measure_takes_saturation_from_the_steps_forward_pass():
     _, grads, extra = tapped_value_and_grad(relu_loss, taps=False)(params, (x, y))
     got = fg.flow.History().measure(params, grads, activations=extra)
     assert got["dead_units"].shape == (2,) and "saturation" not in got
+
+
+def test_saturation_keeps_execution_order_past_ten_layers():
+    sizes = [3] + [4] * 11 + [2]
+    params = nn.init_mlp(jax.random.PRNGKey(2), sizes, activation="tanh", scale=3.0)
+    x = jax.random.normal(jax.random.PRNGKey(3), (5, 3))
+    apply_fn = lambda p, x: nn.mlp(p, x, activation="tanh")
+    vg = tapped_value_and_grad(lambda p, x: fg.sum(apply_fn(p, x)), has_aux=False,
+                               taps=False)
+    fast = jax.jit(lambda p: fg.flow.History().measure(
+        p, vg(p, x)[1], activations=vg(p, x)[2])["saturation"])(params)
+    want = fg.flow.saturation(apply_fn, params, x)
+    assert len(set(np.asarray(want).tolist())) > 2  # the order matters
+    np.testing.assert_allclose(fast, want)

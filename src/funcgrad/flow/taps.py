@@ -146,6 +146,12 @@ class _Plan:
 
     calls: list[_Call]
     scans: list[tuple[int, list[_Call]]]  # per unrolled top-level scan: (length, body calls)
+    order: list[str] = dataclasses.field(default_factory=list)  # every name, walker order
+
+    def ordered(self, forward: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """``forward`` with each dict's keys in execution order (pytrees sort them)."""
+        return {kind: {n: values[n] for n in self.order if n in values}
+                for kind, values in forward.items()}
 
 
 def _float_dtype(avals: Sequence[Any]) -> Any:
@@ -182,8 +188,10 @@ def _plan_eagerly(closed_value: Any, leaf_names: Sequence[str]) -> _Plan:
         call = _Call(name, _float_dtype(step.eqn.out_avals))
         if not loop:
             plan.calls.append(call)
+            plan.order.append(call.name)
         elif loops[loop[0]][0] == step.eqn.iteration:
             loops[loop[0]][1].append(_Call(_SUFFIX.sub("[:]", name), call.dtype))
+            plan.order.append(loops[loop[0]][1][-1].name)
     top = [n for n in lengths if n > 0]
     if len(top) != len(loops):
         raise NotImplementedError(
@@ -325,7 +333,12 @@ def _value_grads_taps(fn: Callable, args: tuple, argnums: int | Sequence[int],
         sub = [g[diff.index(j)] for j in range(starts[i], starts[i + 1])]
         grads.append(jax.tree.unflatten(jax.tree.structure(args[i]), sub))
     grads_out = grads[0] if isinstance(argnums, int) else tuple(grads)
-    return (value, aux) if has_aux else value, grads_out, records, forward
+    return (value, aux) if has_aux else value, grads_out, records, plan.ordered(forward)
+
+
+def _python_ints_as_floats(args: tuple) -> tuple:
+    """A Python ``int`` is a number to differentiate (the lesson's ``x = 2``), as in explain."""
+    return jax.tree.map(lambda a: float(a) if type(a) is int else a, args)
 
 
 def tap_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0,
@@ -358,10 +371,15 @@ def tap_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0,
         >>> float(taps["mul"].norm), int(taps["mul"].first_nonfinite)   # dL/dy = 8
         (8.0, -1)
     """
-    def tapped(*args: Any) -> tuple[Any, Any, dict[str, Tap]]:
+    def run(*args: Any) -> tuple[Any, Any, dict[str, Tap]]:
         value, grads, records, _ = _value_grads_taps(fn, args, argnums, has_aux, True,
                                                      None, "tap_grad")
         return value, grads, records
+
+    compiled = jax.jit(run)  # one program; inside an outer jit it is simply inlined
+
+    def tapped(*args: Any) -> tuple[Any, Any, dict[str, Tap]]:
+        return compiled(*_python_ints_as_floats(args))
 
     return tapped
 
@@ -386,7 +404,8 @@ def tapped_value_and_grad(fn: Callable[..., Any], *, has_aux: bool = True,
     Returns:
         ``g(params, *rest) -> (value, grads, extra)`` with ``extra`` holding ``"taps"``
         (``{name: Tap}``, empty without ``taps``), ``"saturation"`` and ``"dead"``
-        (``{name: fraction}``, empty without ``activations``).
+        (``{name: fraction}`` in execution order, empty without ``activations``). Call it
+        inside the jitted step: dicts returned from a ``jit`` have their keys sorted.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -442,4 +461,5 @@ def activation_stats(fn: Callable[..., Any], *args: Any, eps: float = 0.01
         raise ValueError("activation_stats: fn must return one array")
     tapper = _Tapper(plan.calls, None, eps, plan.scans, None)
     outs = _jaxpr.walk(closed, leaves, tapper, unroll_limit=0)
-    return jax.tree.unflatten(jax.tree.structure(out_shape), outs), tapper.forward
+    return (jax.tree.unflatten(jax.tree.structure(out_shape), outs),
+            plan.ordered(tapper.forward))
