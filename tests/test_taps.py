@@ -206,3 +206,11 @@ def test_saturation_keeps_execution_order_past_ten_layers():
     want = fg.flow.saturation(apply_fn, params, x)
     assert len(set(np.asarray(want).tolist())) > 2  # the order matters
     np.testing.assert_allclose(fast, want)
+
+
+def test_a_function_without_a_scalar_loss_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"tap_grad: fn must return one real scalar .*; "
+                                         r"it returned float32\[3\]"):
+        tap_grad(lambda x: fg.relu(x))(jnp.ones(3))
+    with pytest.raises(ValueError, match="it returned float32.*, float32"):
+        tap_grad(lambda x: (fg.sum(x), fg.sum(x)))(jnp.ones(3))

@@ -16,7 +16,9 @@ together with ``fn``'s arguments, so one backward pass yields gradients and reco
 ``lax.scan``'s body is walked the same way inside a new ``lax.scan`` whose ``xs`` carry one
 probe per iteration: its records gain a leading axis, one row per iteration, under the
 body call's ``explain`` name with ``[:]`` for its ``[t]`` suffix (``tanh[:]``, ``h[:]``).
-Scans nested in a scan body, and ``cond``/``while`` bodies, are not tapped.
+Scans nested in a scan body, and ``cond``/``while`` bodies, are not tapped; ``jit`` and
+``jax.checkpoint`` calls are inlined (in the tapped program the checkpoint does not
+rematerialise).
 
 The same walk reads the forward pass: the saturated share of every ``sigmoid``/``tanh``
 call's inputs and the dead share of every ``relu`` call's units (see
@@ -281,6 +283,15 @@ def _argnums(argnums: int | Sequence[int], n: int, fn_name: str) -> tuple[int, .
     return tuple(i % n for i in nums)
 
 
+def _check_value(avals: Sequence[Any], has_aux: bool, who: str) -> None:
+    ok = len(avals) == 1 and avals[0].shape == () and jnp.issubdtype(avals[0].dtype,
+                                                                      jnp.floating)
+    if not ok:
+        got = ", ".join(f"{a.dtype}{list(a.shape)}" for a in avals)
+        want = "(a real scalar, aux)" if has_aux else "one real scalar (a loss)"
+        raise ValueError(f"{who}: fn must return {want}; it returned {got or 'nothing'}")
+
+
 def _zeros(calls: list[_Call], lead: tuple[int, ...] = ()) -> list[Any]:
     return [None if c.dtype is None else jnp.zeros((*lead, 5), c.dtype) for c in calls]
 
@@ -305,7 +316,9 @@ def _value_grads_taps(fn: Callable, args: tuple, argnums: int | Sequence[int],
     specs = [jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in leaves]
     closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*specs)
     value_only = (lambda *xs: flat_fn(*xs)[0]) if has_aux else flat_fn
-    plan = _plan(jax.make_jaxpr(value_only)(*specs), leaf_names)
+    closed_value = jax.make_jaxpr(value_only)(*specs)
+    _check_value(closed_value.out_avals, has_aux, who)
+    plan = _plan(closed_value, leaf_names)
 
     def run(diff_leaves: list[Any], probes: list[Any], scan_probes: list[list[Any]]
             ) -> tuple[Any, Any]:
