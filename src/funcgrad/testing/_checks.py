@@ -128,7 +128,7 @@ def _kinks(b: _Battery) -> None:
     declared = np.array([float(p[1]) for p in points])
     for dt in ("float32", "float64"):
         with jax.enable_x64(dt == "float64"):
-            got = np.asarray(_rule_grad(b.prim.call)(jnp.asarray(np.asarray(xs, dt))),
+            got = np.asarray(_rule_grad(b.prim.call)(jax.device_put(np.asarray(xs, dt))),
                              np.float64)
         tol = TOLERANCES[dt]
         c = compare("kinks", [got], [declared.astype(dt).astype(np.float64)], [0],
@@ -202,7 +202,7 @@ def _edges(b: _Battery) -> None:
                 for dt, (xd, x64) in xs.items()}
 
     with jax.enable_x64(True):
-        results = _jit(program)({dt: (jnp.asarray(r), jnp.asarray(r.astype(np.float64)))
+        results = _jit(program)({dt: (jax.device_put(r), jax.device_put(r.astype(np.float64)))
                                     for dt, (_, r) in inputs.items()})
     for dt, ((outs, got), truths) in results.items():
         for i, p in enumerate(points[inputs[dt][0]]):
@@ -259,8 +259,8 @@ def _low_precision_values(b: _Battery, cases: dict) -> str | None:
 
     with jax.enable_x64(True):
         results = _jit(program)({
-            dt: (lv.values, ct[0], [jnp.asarray(np.asarray(v, np.float64)) for v in lv.values],
-                 [jnp.asarray(np.asarray(v, np.float64)) for v in ct[0]])
+            dt: (lv.values, ct[0], [jax.device_put(np.asarray(v, np.float64)) for v in lv.values],
+                 [jax.device_put(np.asarray(v, np.float64)) for v in ct[0]])
             for dt, (lv, ct) in cases.items()})
     for dt, (got, base, truth) in results.items():
         lv = cases[dt][0]
@@ -280,7 +280,7 @@ def _transforms(b: _Battery, wanted: Sequence[str]) -> None:
     g = lv.function(b.prim.call)
     outs = jax.eval_shape(g, *lv.values)
     rng = np.random.default_rng(b.seed + 2)
-    ct = [jnp.asarray((rng.standard_normal(o.shape) + 0.5).astype(o.dtype)) for o in outs]
+    ct = [jax.device_put((rng.standard_normal(o.shape) + 0.5).astype(o.dtype)) for o in outs]
 
     def one(x):
         return _vjps(g, list(x), [ct])[1][0]

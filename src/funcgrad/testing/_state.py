@@ -57,10 +57,10 @@ def _sample(prim: Any, seed: int, shapes: Any, dtype: Any) -> tuple:
     for arg, shape in zip(prim.args, shapes, strict=True):
         if arg.kind == "labels":
             num = prim.sample_shapes[0][0][-1] if not out else jax.tree.leaves(out[0])[0].shape[-1]
-            out.append(jnp.asarray(rng.integers(0, num, size=shape).astype(np.int32)))
+            out.append(jax.device_put(rng.integers(0, num, size=shape).astype(np.int32)))
             continue
         leaves, treedef = jax.tree.flatten(shape, is_leaf=_is_shape)
-        drawn = [jnp.asarray(_draw(arg.domain, s, rng).astype(jnp.dtype(dtype))) for s in leaves]
+        drawn = [jax.device_put(_draw(arg.domain, s, rng).astype(jnp.dtype(dtype))) for s in leaves]
         out.append(jax.tree.unflatten(treedef, drawn))
     return tuple(out)
 

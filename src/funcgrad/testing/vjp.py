@@ -298,12 +298,12 @@ def _output_shapes(g: Callable, lv: _Leaves, reference: Callable | None) -> list
 def _cotangents(outs: Sequence[Any], num: int, seed: int) -> list:
     """Random, non-uniform cotangents (drawn with NumPy: nothing to compile)."""
     rng = np.random.default_rng(seed + 1000)
-    return [[jnp.asarray((rng.standard_normal(o.shape) + 0.5).astype(o.dtype)) for o in outs]
+    return [[jax.device_put((rng.standard_normal(o.shape) + 0.5).astype(o.dtype)) for o in outs]
             for _ in range(num)]
 
 
 def _to64(x: Any) -> jax.Array:
-    return jnp.asarray(np.asarray(x).astype(np.float64))  # host-side: no device program
+    return jax.device_put(np.asarray(x).astype(np.float64))  # host-side: no device program
 
 
 class _Plan:
