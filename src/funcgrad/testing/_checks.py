@@ -14,6 +14,11 @@ from .compare import EDGE_AGREEMENT, TOLERANCES, Tolerance, compare, merge
 from .vjp import _cotangents, _jit, _Leaves, _vjps
 
 
+def _host(tree: Any) -> Any:
+    """Results as NumPy arrays: indexing them compiles nothing."""
+    return jax.tree.map(np.asarray, tree)
+
+
 def _out_names(b: _Battery, n: int) -> tuple[list[int], list[str], list[str]]:
     return [len(b.names)] * n, [*b.names, "<output>"], [f"[{k}]" for k in range(n)]
 
@@ -28,7 +33,7 @@ def _primal(b: _Battery) -> None:
         plain = g(*x)
         return plain, jax.vjp(g, *x)[0], ref(*x) if ref is not None else plain
 
-    plain, under, want = _jit(both)(lv.values)
+    plain, under, want = _host(_jit(both)(lv.values))
     pos, names, paths = _out_names(b, len(plain))
     tol = TOLERANCES["float32"]
     c1 = compare("primal", plain, under, pos, names, tol, paths=paths)
@@ -66,7 +71,7 @@ def _reference(b: _Battery, shape_list: Sequence[Any]) -> None:
                  _vjps(lv.function(b.ref), x, c)[1])
                 for (_, lv, _), x, c in zip(cases, xs, cts, strict=True)]
 
-    results = _jit(program)([lv.values for _, lv, _ in cases], [c for *_, c in cases])
+    results = _host(_jit(program)([lv.values for _, lv, _ in cases], [c for *_, c in cases]))
     worst, tol = 0.0, TOLERANCES["float32"]
     for (shapes, lv, _), (got, want) in zip(cases, results, strict=True):
         for grads in got:
@@ -202,8 +207,9 @@ def _edges(b: _Battery) -> None:
                 for dt, (xd, x64) in xs.items()}
 
     with jax.enable_x64(True):
-        results = _jit(program)({dt: (jax.device_put(r), jax.device_put(r.astype(np.float64)))
-                                    for dt, (_, r) in inputs.items()})
+        results = _host(_jit(program)({
+            dt: (jax.device_put(r), jax.device_put(r.astype(np.float64)))
+            for dt, (_, r) in inputs.items()}))
     for dt, ((outs, got), truths) in results.items():
         for i, p in enumerate(points[inputs[dt][0]]):
             if len(truths) == 2:  # the two truths must roughly agree (formula, not rounding)
@@ -301,9 +307,9 @@ def _transforms(b: _Battery, wanted: Sequence[str]) -> None:
         return (one(x), one(x2)), {t: transforms[t](x, x2) for t in todo}
 
     try:  # one program for all transformations; on a crash, find which one crashed
-        base, results = _jit(everything)(lv.values, other.values)
+        base, results = _host(_jit(everything)(lv.values, other.values))
     except Exception:
-        base = _jit(lambda x, x2: (one(x), one(x2)))(lv.values, other.values)
+        base = _host(_jit(lambda x, x2: (one(x), one(x2)))(lv.values, other.values))
         results = {}
         for t in todo:
             try:
@@ -313,7 +319,7 @@ def _transforms(b: _Battery, wanted: Sequence[str]) -> None:
     if "jit" in wanted:
         _same(b, "jit", list(base[0]), one(lv.values), lv)
     for t, got in results.items():
-        expect = [jnp.stack([u, v if t != "remat" else u]) for u, v in zip(*base, strict=True)]
+        expect = [np.stack([u, v if t != "remat" else u]) for u, v in zip(*base, strict=True)]
         _same(b, t, got, expect, lv)
 
 
