@@ -214,3 +214,25 @@ def test_a_function_without_a_scalar_loss_is_a_clear_error():
         tap_grad(lambda x: fg.relu(x))(jnp.ones(3))
     with pytest.raises(ValueError, match="it returned float32.*, float32"):
         tap_grad(lambda x: (fg.sum(x), fg.sum(x)))(jnp.ones(3))
+
+
+def test_tapped_steps_fused_in_a_scan_stack_their_records():
+    loss, (params, x, y) = _mlp_case()
+    vg = tapped_value_and_grad(lambda p, b: (loss(p, *b), {}))
+
+    def step(p, batch):
+        (value, _), grads, extra = vg(p, batch)
+        new = jax.tree.map(lambda a, g: a - 0.1 * g, p, grads)
+        return new, {"loss": value, "taps": extra["taps"], "sat": extra["saturation"]}
+    batches = (jnp.stack([x] * 3), jnp.stack([y] * 3))
+    _, metrics = jax.jit(lambda p: jax.lax.scan(step, p, batches))(params)
+    assert metrics["taps"]["L"].norm.shape == (3,) and metrics["sat"]["tanh_1"].shape == (3,)
+    np.testing.assert_allclose(metrics["taps"]["L"].norm, 1.0)
+    assert metrics["loss"][2] < metrics["loss"][0]
+
+
+def test_counts_and_indices_past_float32s_exact_integers():
+    n = (1 << 24) + 8   # float32 cannot hold n - 3 = 2**24 + 5 exactly
+    x = jnp.ones((n,)).at[n - 3].set(-1.0)
+    _, _, taps = jax.jit(tap_grad(lambda x: fg.sum(fg.log(fg.relu(x)))))(x)
+    assert int(taps["relu"].first_nonfinite) == n - 3 and int(taps["relu"].nonfinite) == 1

@@ -75,36 +75,45 @@ def _stats_dtype(dtypes: Sequence[Any]) -> Any:
     return jnp.result_type(jnp.float32, *[d for d in dtypes])
 
 
+#: Integers travel in a float probe as ``(x // _BASE, x % _BASE)``: both parts are exact
+#: in float32 for any int32 count or index.
+_BASE = 4096
+#: Length of a probe: sum of squares, max |g|, zero share, count (2 parts), index (2 parts).
+_FIELDS = 7
+
+
 def _cotangent_stats(gs: Sequence[jax.Array]) -> jax.Array:
-    """``[sum of squares, max |g|, non-finite count, zero share, first non-finite]``.
+    """``[sum of squares, max |g|, zero share, non-finite count, first non-finite]``.
 
     Plain (vectorised) reductions; the count and the index of non-finite elements are
     computed only when the sum of squares is not finite (a ``lax.cond``; under ``vmap``
-    both branches run). A NaN anywhere makes the sum and the maximum NaN.
+    both branches run). A NaN anywhere makes the sum and the maximum NaN. The count and
+    the index take two entries each (see :data:`_BASE`).
     """
     dtype = _stats_dtype([g.dtype for g in gs])
     flats = [jnp.ravel(g).astype(dtype) for g in gs if int(np.prod(g.shape))]
     total = sum(f.shape[0] for f in flats)
     zero, one = jnp.zeros((), dtype), jnp.ones((), dtype)
     if not flats:
-        return jnp.stack([zero, zero, zero, zero, -one])
+        return jnp.zeros((_FIELDS,), dtype)
     sumsq = sum((jnp.sum(f * f) for f in flats), zero)
     maxabs = jnp.max(jnp.stack([jnp.max(jnp.abs(f)) for f in flats]))
     zeros = sum((jnp.sum(jnp.where(f == 0, one, zero)) for f in flats), zero)
 
-    def nonfinite() -> tuple[jax.Array, jax.Array]:
-        bad, first, offset = zero, jnp.asarray(total, jnp.int32), 0
+    def nonfinite() -> jax.Array:
+        bad, first, offset = jnp.int32(0), jnp.int32(total), 0
         for f in flats:
             n = f.shape[0]
             mask = ~jnp.isfinite(f)
-            bad = bad + jnp.sum(jnp.where(mask, one, zero))
+            bad = bad + jnp.sum(mask, dtype=jnp.int32)
             here = jnp.min(jnp.where(mask, jnp.arange(n, dtype=jnp.int32), n))
             first = jnp.where((first == total) & (here < n), here + offset, first)
             offset += n
-        return bad, jnp.where(first == total, -1, first).astype(dtype)
+        return jnp.stack([bad // _BASE, bad % _BASE, first // _BASE,
+                          first % _BASE]).astype(dtype)
 
-    bad, first = jax.lax.cond(jnp.isfinite(sumsq), lambda: (zero, -one), nonfinite)
-    return jnp.stack([sumsq, maxabs, bad, zeros / total, first])
+    ints = jax.lax.cond(jnp.isfinite(sumsq), lambda: jnp.zeros((4,), dtype), nonfinite)
+    return jnp.concatenate([jnp.stack([sumsq, maxabs, zeros / total]), ints])
 
 
 @jax.custom_vjp
@@ -129,8 +138,10 @@ _tap.defvjp(_tap_fwd, _tap_bwd)
 def _record(stats: jax.Array) -> Tap:
     """A :class:`Tap` from a probe's gradient (any leading axes)."""
     s = jnp.moveaxis(stats, -1, 0)
-    return Tap(norm=jnp.sqrt(s[0]), max_abs=s[1], nonfinite=s[2].astype(jnp.int32),
-               zero_fraction=s[3], first_nonfinite=s[4].astype(jnp.int32))
+    whole = lambda hi, lo: hi.astype(jnp.int32) * _BASE + lo.astype(jnp.int32)
+    bad = whole(s[3], s[4])
+    return Tap(norm=jnp.sqrt(s[0]), max_abs=s[1], nonfinite=bad, zero_fraction=s[2],
+               first_nonfinite=jnp.where(bad > 0, whole(s[5], s[6]), -1))
 
 
 # ------------------------------------------------------------------------ the plan
@@ -293,7 +304,7 @@ def _check_value(avals: Sequence[Any], has_aux: bool, who: str) -> None:
 
 
 def _zeros(calls: list[_Call], lead: tuple[int, ...] = ()) -> list[Any]:
-    return [None if c.dtype is None else jnp.zeros((*lead, 5), c.dtype) for c in calls]
+    return [None if c.dtype is None else jnp.zeros((*lead, _FIELDS), c.dtype) for c in calls]
 
 
 def _records(calls: list[_Call], grads: list[Any], into: dict[str, Tap]) -> None:
