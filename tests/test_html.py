@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import pytest
 
 import funcgrad as fg
-from funcgrad.explain import lesson_graph
-from funcgrad.explain.html import layered_layout, lesson_html, page_data, repr_html, to_html
+from funcgrad.explain import lesson_graph, lesson_html
+from funcgrad.explain.html import layered_layout, page_data, repr_html, to_html
 from funcgrad.registry import PRIMITIVES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -47,7 +47,7 @@ from typing import Any
 from .build import explain
 from .dot import GraphvizNotFoundError
 from .graph import Graph
-from .lesson import LESSON_EXAMPLES, LessonExample, lesson_graph
+from .lesson import LESSON_EXAMPLES, LessonExample, lesson_graph, lesson_html
 from .model import Node
 from .nonfinite import NonFinite, find_nonfinite
 from .values import summarize
@@ -62,6 +62,7 @@ __all__ = [
     "explain",
     "find_nonfinite",
     "lesson_graph",
+    "lesson_html",
     "summarize",
 ]
 

@@ -35,11 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from .lesson import LESSON_EXAMPLES, lesson_graph
 from .model import GraphModel, Node
 from .values import fmt_num, short
 
-__all__ = ["layered_layout", "lesson_html", "page_data", "repr_html", "to_html"]
+__all__ = ["layered_layout", "page_data", "repr_html", "to_html"]
 
 _HIST_BINS = 12
 _CHAR_W, _NODE_H, _PAD = 7.2, 64, 14  # px per character, node height, padding
@@ -424,28 +423,3 @@ def repr_html(graph: GraphModel, height: int = 560) -> str:
     doc = html.escape(to_html(graph), quote=True)
     return (f'<iframe srcdoc="{doc}" style="width:100%;height:{height}px;border:0" '
             'sandbox="allow-scripts"></iframe>')
-
-
-def lesson_html(example: str = "backprop", path: str | os.PathLike[str] | None = None
-                ) -> str:
-    """The page of one of the lesson's worked examples, with the lesson's update step.
-
-    Args:
-        example: a name from :data:`funcgrad.explain.LESSON_EXAMPLES` (default
-            ``"backprop"``: ``L = (x·w − target)²`` at x=2, w=3, target=2).
-        path: if given, also write the page to this file.
-
-    Returns:
-        The HTML text.
-
-    Raises:
-        ValueError: for an unknown example name.
-
-    Examples:
-        >>> "w_new = 3 − 0.1·16 = 1.4" in lesson_html("backprop")
-        True
-    """
-    g = lesson_graph(example)
-    ex = LESSON_EXAMPLES[example]
-    return to_html(g, path, learning_rate=ex.learning_rate, update=ex.update,
-                   title=f"funcgrad: {ex.title}")

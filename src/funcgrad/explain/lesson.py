@@ -8,13 +8,14 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .build import explain
 from .graph import Graph
 
-__all__ = ["LESSON_EXAMPLES", "LessonExample", "lesson_graph"]
+__all__ = ["LESSON_EXAMPLES", "LessonExample", "lesson_graph", "lesson_html"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,3 +107,28 @@ def lesson_graph(example: str = "backprop") -> Graph:
     g = explain(ex.fn, *ex.args, names=ex.names)
     g.fn_name = ex.fn.__name__.removeprefix("_lesson_").removesuffix("_fn")
     return g
+
+
+def lesson_html(example: str = "backprop", path: str | os.PathLike[str] | None = None
+                ) -> str:
+    """The page of one of the lesson's worked examples, with the lesson's update step.
+
+    Args:
+        example: a name from :data:`funcgrad.explain.LESSON_EXAMPLES` (default
+            ``"backprop"``: ``L = (x·w − target)²`` at x=2, w=3, target=2).
+        path: if given, also write the page to this file.
+
+    Returns:
+        The HTML text.
+
+    Raises:
+        ValueError: for an unknown example name.
+
+    Examples:
+        >>> "w_new = 3 − 0.1·16 = 1.4" in lesson_html("backprop")
+        True
+    """
+    graph = lesson_graph(example)  # raises the clear error for an unknown name
+    ex = LESSON_EXAMPLES[example]
+    return graph.to_html(path, learning_rate=ex.learning_rate, update=ex.update,
+                   title=f"funcgrad: {ex.title}")
