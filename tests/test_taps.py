@@ -236,3 +236,14 @@ def test_counts_and_indices_past_float32s_exact_integers():
     x = jnp.ones((n,)).at[n - 3].set(-1.0)
     _, _, taps = jax.jit(tap_grad(lambda x: fg.sum(fg.log(fg.relu(x)))))(x)
     assert int(taps["relu"].first_nonfinite) == n - 3 and int(taps["relu"].nonfinite) == 1
+
+
+def test_without_taps_or_activations_the_step_is_the_plain_program():
+    loss, (params, x, y) = _mlp_case()
+    f = lambda p, b: (loss(p, *b), {})
+    off = tapped_value_and_grad(f, taps=False, activations=False)
+    plain = jax.value_and_grad(f, has_aux=True)
+    got = str(jax.make_jaxpr(lambda p: off(p, (x, y))[:2])(params))
+    assert got == str(jax.make_jaxpr(lambda p: plain(p, (x, y)))(params))
+    on = tapped_value_and_grad(f)
+    assert str(jax.make_jaxpr(lambda p: on(p, (x, y))[:2])(params)) != got

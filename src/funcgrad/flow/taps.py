@@ -429,7 +429,9 @@ def tapped_value_and_grad(fn: Callable[..., Any], *, has_aux: bool = True,
         ``g(params, *rest) -> (value, grads, extra)`` with ``extra`` holding ``"taps"``
         (``{name: Tap}``, empty without ``taps``), ``"saturation"`` and ``"dead"``
         (``{name: fraction}`` in execution order, empty without ``activations``). Call it
-        inside the jitted step: dicts returned from a ``jit`` have their keys sorted.
+        inside the jitted step: dicts returned from a ``jit`` have their keys sorted. With
+        neither ``taps`` nor ``activations`` it is ``jax.value_and_grad`` itself (the same
+        compiled program as before), so a step can call it unconditionally.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -441,6 +443,14 @@ def tapped_value_and_grad(fn: Callable[..., Any], *, has_aux: bool = True,
         >>> sorted(extra), list(extra["saturation"])
         (['dead', 'saturation', 'taps'], ['tanh'])
     """
+    if not taps and not activations:  # the plain program, untouched
+        plain = jax.value_and_grad(fn, has_aux=has_aux)
+
+        def untapped(*args: Any) -> tuple[Any, Any, dict]:
+            value, grads = plain(*args)
+            return value, grads, {"taps": {}, "saturation": {}, "dead": {}}
+        return untapped
+
     def run(*args: Any) -> tuple[Any, Any, dict]:
         value, grads, records, forward = _value_grads_taps(
             fn, args, 0, has_aux, taps, eps if activations else None,
