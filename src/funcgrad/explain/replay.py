@@ -13,6 +13,7 @@ differentiated *inside* a primitive.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -175,9 +176,7 @@ def source_line(eqn: _jaxpr.Equation) -> str:
         from jax._src import source_info_util
     except ImportError:  # pragma: no cover - a JAX without it
         return ""
-    import funcgrad
-
-    package = str(funcgrad.__file__).rsplit("/", 1)[0] + "/"
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
     tb = raw.source_info.traceback
     for frame in source_info_util.user_frames(tb):
         if not frame.file_name.startswith(package):
