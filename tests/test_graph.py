@@ -341,15 +341,22 @@ def _numpy_sample(prim):
         if arg.kind == "labels":
             out.append(rng.integers(0, shapes[0][-1], size=shape).astype(np.int32))
             continue
-        v = rng.standard_normal(shape)
-        if arg.domain == "positive":
-            v = 0.5 + np.abs(v)
-        elif arg.domain == "nonzero":
-            v = np.where(v >= 0, 0.5 + v, v - 0.5)
-        elif arg.domain == "unit":
-            v = rng.uniform(size=shape)
-        out.append(np.asarray(v, dtype=np.float32))
+        # A pytree argument (a user primitive's params) has a pytree of shapes.
+        out.append(jax.tree.map(lambda s, arg=arg: _numpy_leaf(rng, arg.domain, s), shape,
+                                is_leaf=lambda s: isinstance(s, tuple)
+                                and all(isinstance(d, int) for d in s)))
     return out
+
+
+def _numpy_leaf(rng, domain, shape):
+    v = rng.standard_normal(shape)
+    if domain == "positive":
+        v = 0.5 + np.abs(v)
+    elif domain == "nonzero":
+        v = np.where(v >= 0, 0.5 + v, v - 0.5)
+    elif domain == "unit":
+        v = rng.uniform(size=shape)
+    return np.asarray(v, dtype=np.float32)
 
 
 def _tags(closed):
