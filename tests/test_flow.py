@@ -565,3 +565,21 @@ def test_cli_train_flow_prints_flags_when_they_fire(capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("flow:")]
     assert lines and "vanishing in layers 0-" in lines[0]
     assert len(lines) == len(set(lines))  # printed when the flags change, not every fetch
+
+
+def test_history_fetches_at_the_first_step_past_each_multiple_however_grouped():
+    """Fetch points depend on the step numbers only, so a run resumed at a fetch step logs
+    on the same steps, over the same intervals, as an uninterrupted one."""
+    def fetches(groups, start=0):
+        seen, step = [], start
+        h = flow.History(log_every=4, on_fetch=lambda rows: seen.append(rows[-1]["step"] + 1))
+        for k in groups:
+            if k == 1:
+                h.append({"v": jnp.zeros(())}, step)
+            else:
+                h.append({"v": jnp.zeros((k,))}, range(step, step + k))
+            step += k
+        return seen
+    assert fetches([1] * 10) == [4, 8]
+    assert fetches([3, 3, 3, 1]) == [6, 9]  # 6: the first boundary past 4; 9: past 8
+    assert fetches([3, 1], start=6) == [9]  # resumed at 6: the same fetch as above

@@ -89,7 +89,10 @@ class History:
     * :meth:`append` ``(stats, steps)`` stores one step's pytree of arrays (a dict, which
       may nest), or K steps stacked on a leading axis (from ``lax.scan``) with their K
       step numbers. Nothing is transferred.
-    * Once ``log_every`` steps are pending, :meth:`append` calls :meth:`fetch`: one
+    * When the appended steps reach or cross a multiple of ``log_every`` (counting steps
+      done: step ``s`` is the ``s + 1``-th), :meth:`append` calls :meth:`fetch`, so the
+      fetches land on the same steps however the steps were grouped into dispatches, and
+      a run resumed at a fetch step logs what an uninterrupted one logs. One
       ``jax.device_get`` of everything pending, split into one host record per step,
       ``{"step": int, key: np.ndarray or nested dict, ...}``, in append order. The new
       records go to :attr:`records` (unless ``keep=False``) and to ``on_fetch``. A loop
@@ -100,7 +103,7 @@ class History:
       step (:func:`funcgrad.train.fit` does, given ``flow=history``).
 
     Attributes:
-        log_every: pending steps that trigger a fetch.
+        log_every: a fetch happens whenever the steps done cross a multiple of it.
         apply_fn: ``apply_fn(params, x)``; when set, :meth:`measure` also records the
             ``saturation`` of its sigmoid/tanh layers on the step's batch.
         eps: saturation threshold (see :func:`~funcgrad.flow.saturated_fraction`).
@@ -205,7 +208,7 @@ class History:
         self._pending.append((steps_arr, dict(stats), stacked))
         self._pending_steps += len(steps_arr)
         self._next_step = int(steps_arr[-1]) + 1
-        if self._pending_steps >= self.log_every:
+        if (int(steps_arr[-1]) + 1) // self.log_every > int(steps_arr[0]) // self.log_every:
             self.fetch()
 
     def fetch(self) -> list[dict[str, Any]]:
