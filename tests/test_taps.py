@@ -247,3 +247,28 @@ def test_without_taps_or_activations_the_step_is_the_plain_program():
     assert got == str(jax.make_jaxpr(lambda p: plain(p, (x, y)))(params))
     on = tapped_value_and_grad(f)
     assert str(jax.make_jaxpr(lambda p: on(p, (x, y))[:2])(params)) != got
+
+
+def test_train_step_and_fit_put_taps_in_the_metrics():
+    """make_train_step(taps=True) and fit(taps=True): one Tap per primitive call, keyed by
+    explain's node names, equal to explain's gradient norms on the same step."""
+    from funcgrad import train
+
+    sizes = [3, 5, 2]
+    params = nn.init_mlp(jax.random.PRNGKey(0), sizes)
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (8, 3)))
+    y = np.arange(8) % 2
+    loss_fn = train.classification_loss(lambda p, x: nn.mlp(p, x))
+    batch = (jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.ones(8))
+    tx = train.optimizer(0.1)
+    step = train.make_train_step(loss_fn, tx, taps=True)
+    _, metrics = step(train.init_state(jax.tree.map(jnp.copy, params), tx), batch)  # donated
+    graph = fg.explain(lambda p: loss_fn(p, batch)[0], params)
+    ops = {n.name: n for n in graph.nodes if n.primitive}
+    assert set(metrics["taps"]) == set(ops)
+    for name, tap in metrics["taps"].items():
+        np.testing.assert_allclose(float(tap.norm), _norm(ops[name].grad), rtol=1e-5)
+    r = train.fit(params, (x, y), apply_fn=lambda p, x: nn.mlp(p, x), tx=tx, batch_size=4,
+                  epochs=1, taps=True, log_every=2)
+    assert set(r.history[-1]["taps"]) == set(ops)
+    assert set(r.history[-1]["taps"]["relu"]) == set(Tap._fields)

@@ -254,6 +254,15 @@ def test_resume_skips_a_corrupted_newest_checkpoint(tmp_path):
     assert _leaves_equal(full.state.params, resumed.state.params)
 
 
+def test_a_real_manager_saves_at_the_first_boundary_past_each_multiple(tmp_path):
+    # dispatches end at 2, 3, 5, 6, 8, 9; every=4 must give 5 (past 4), 8 and the end, 9
+    from funcgrad.checkpoint import CheckpointManager
+
+    with CheckpointManager(tmp_path / "ck", keep=10, every=4) as ck:
+        _fit(steps_per_dispatch=2, checkpoints=ck)
+        assert ck.all_steps() == [5, 8, 9]
+
+
 def test_clipped_norm_with_value_clipping_matches_optax():
     tx = train.optimizer(0.1, clip_norm=0.5, clip_value=0.01)
     state = _state(tx)
@@ -348,8 +357,13 @@ class _SpyCheckpoints:
     def latest_step(self):
         return self.saved[-1] if self.saved else None
 
-    def save(self, step, state, force=False):
-        self.saved.append(step)
+    def save(self, step, state, *, force=False, previous_step=None):
+        # CheckpointManager.save's own rule: it re-asks should_save unless forced
+        if force or self.should_save(step, previous_step=previous_step):
+            self.saved.append(step)
+
+    def resume(self, template):
+        return template, None
 
 
 def test_checkpoints_are_saved_when_a_multiple_is_crossed():

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 #: Subpackages and modules, loaded on first attribute access.
 _SUBMODULES = ("checkpoint", "data", "experiments", "explain", "flow", "nn", "parallel",
-               "primitives", "registry", "testing", "train", "transforms")
+               "primitives", "registry", "tensorboard", "testing", "train", "transforms")
 
 #: Public name -> the module that defines it.
 _NAMES: dict[str, str] = {

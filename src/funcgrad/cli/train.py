@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ._args import ACTIVATIONS, INITIALIZERS, momentum_float, positive_float, positive_int, seed_int
+from ._report import MetricsLog, Progress, plot_curves, print_summary, progress_mode, strict_json
 
 __all__ = ["add_parser", "run"]
 
@@ -78,11 +78,23 @@ def _add_optimisation_args(g: Any) -> None:
                                     "(default %(default)s)")
     g.add_argument("--log-every", type=positive_int("--log-every"), default=50,
                    help="fetch metrics to the host every N steps (default %(default)s)")
+    g.add_argument("--on-nonfinite", choices=["skip", "stop"], default="skip",
+                   help="a step whose loss or gradient is not finite leaves the parameters "
+                        "unchanged and is reported (nonfinite.json with --out); then skip "
+                        "it and go on, or stop with exit status 3 (default %(default)s)")
+    g.add_argument("--max-skips", type=positive_int("--max-skips"), default=100,
+                   help="stop with exit status 3 once N consecutive steps were not finite "
+                        "(default %(default)s)")
 
 
 def _add_output_args(g: Any) -> None:
     g.add_argument("--out", metavar="DIR", help="write metrics.jsonl, summary.json and "
                    "curves (PNG, with matplotlib) here")
+    g.add_argument("--tensorboard", metavar="DIR",
+                   help="write TensorBoard events here every --log-every steps: loss, "
+                        "accuracy, gradient norms (global, clipped, per layer), update norm, "
+                        "skipped steps, per-layer gradient histograms (binned on the device); "
+                        'needs pip install "funcgrad[tensorboard]"')
     g.add_argument("--checkpoint-dir", metavar="DIR", help="save orbax checkpoints here")
     g.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every"), default=200,
                    help="save a checkpoint whenever a multiple of N steps is passed, and at the "
@@ -92,6 +104,9 @@ def _add_output_args(g: Any) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue from the newest good checkpoint in --checkpoint-dir")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--taps", action="store_true",
+                   help="record, in every logged record, the gradient reaching each "
+                        "primitive call (norm, max |g|, non-finite count, zero share)")
     g.add_argument("--flow", action="store_true",
                    help="record per-layer gradient statistics every step, print vanishing/"
                         "exploding/dead flags when they fire, and with --out write "
@@ -113,132 +128,12 @@ def _add_device_args(g: Any) -> None:
                         "--coordinator (default: single process)")
 
 
-def _strict_json(value: Any, indent: int | None = None) -> str:
-    """JSON that strict parsers accept: non-finite numbers are written as ``null``."""
-    from ..flow import to_jsonable
-
-    return json.dumps(to_jsonable(value, digits=None), indent=indent, allow_nan=False)
-
-
 def _load(args: argparse.Namespace) -> Any:
     from .. import data
 
     if args.data:
         return data.load_npz(args.data, seed=args.seed)
     return data.digits(seed=args.seed)
-
-
-def _plot_curves(history: list[dict], evals: list[dict], out: Path) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    steps = [h["step"] for h in history]
-    ax1.plot(steps, [h["train_loss"] for h in history], label="train")
-    ax2.plot(steps, [h["train_accuracy"] for h in history], label="train")
-    if evals:
-        ax1.plot([e["step"] for e in evals], [e["test_loss"] for e in evals], "o-",
-                 label="test")
-        ax2.plot([e["step"] for e in evals], [e["test_accuracy"] for e in evals], "o-",
-                 label="test")
-    ax1.set(xlabel="step", ylabel="loss", yscale="log", title="loss")
-    ax2.set(xlabel="step", ylabel="accuracy", title="accuracy")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    paths = []
-    for name, fig_ in (("curves.png", fig),):
-        fig_.savefig(out / name, dpi=100)
-        paths.append(str(out / name))
-    plt.close(fig)
-    return paths
-
-
-class _Progress:
-    """Progress on stderr: a rich bar on a terminal, a plain line per logged record
-    elsewhere (CI, ``| tee``, nohup), nothing with ``--no-progress``."""
-
-    def __init__(self, mode: str):
-        self.bar = None
-        self.task = None
-        self.lines = mode == "lines"
-        if mode != "bar":
-            return
-        try:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-        except ImportError:
-            self.lines = True
-            return
-        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                            TimeRemainingColumn(), console=Console(stderr=True),
-                            transient=False)
-
-    def __enter__(self) -> _Progress:
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def __call__(self, step: int, total: int, record: dict | None) -> None:
-        info = None
-        if record is not None:
-            info = (f"loss {record['train_loss']:.4f}  acc {record['train_accuracy']:.3f}  "
-                    f"|g| {record['grad_norm']:.3g}")
-        if self.lines and info is not None:
-            print(f"train: step {step}/{total}  {info}", file=sys.stderr, flush=True)
-        if self.bar is None:
-            return
-        if self.task is None:
-            self.task = self.bar.add_task("train", total=total, info="")
-        self.bar.update(self.task, completed=step, **({"info": info} if info else {}))
-
-
-def _progress_mode(args: argparse.Namespace, is_main: bool) -> str:
-    if args.no_progress or not is_main:
-        return "off"
-    tty = sys.stderr.isatty() or os.environ.get("FUNCGRAD_PROGRESS") == "1"
-    return "bar" if tty else "lines"
-
-
-def _print_summary(summary: dict[str, Any]) -> None:
-    rows = [(k, "- (no steps trained)" if summary[k] is None else summary[k])
-            for k in ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "steps",
-                      "epochs", "skipped_steps", "steps_per_second", "wall_seconds",
-                      "devices")]
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        for k, v in rows:
-            print(f"{k:>18}: {v}")
-        return
-    table = Table(title="funcgrad train: summary")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in rows:
-        if isinstance(v, float):
-            v = f"{v:.4f}"
-        elif isinstance(v, list):
-            v = ", ".join(map(str, v))
-        table.add_row(k, str(v))
-    Console().print(table)
 
 
 #: ``--platform`` -> what to install when this jaxlib cannot run it.
@@ -317,13 +212,50 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, tuple[Any, Any], Any, list[
     return ds, (x_train, x_test), mesh, devices
 
 
+def _hooks(args: argparse.Namespace, out: Path | None, metrics: MetricsLog) -> dict:
+    """What the run prints and writes when it resumes or meets a non-finite step."""
+
+    def on_resume(step: int, changed: dict[str, tuple[Any, Any]]) -> None:
+        print(f"resuming from the checkpoint at step {step}", flush=True)
+        for name, (old, new) in changed.items():  # the flags win over the checkpoint
+            flag = _HYPERPARAMETER_FLAGS.get(name, name)
+            print(f"resuming with {flag} {_short(new)} (checkpoint had {_short(old)})",
+                  flush=True)
+        metrics.start(step)
+
+    def on_nonfinite(report: dict[str, Any]) -> None:
+        where = ""
+        if out is not None:
+            (out / "nonfinite.json").write_text(strict_json(report, indent=2) + "\n")
+            where = f"; the full report is in {out / 'nonfinite.json'}"
+        print(f"warning: step {report['step']} was not finite and was skipped (params and "
+              f"optimizer state unchanged){where}", file=sys.stderr)
+        print("\n".join("  " + line for line in report["report"].splitlines()),
+              file=sys.stderr, flush=True)
+
+    return {"on_resume": on_resume, "on_nonfinite_report": on_nonfinite, "on_log": metrics.write}
+
+
+def _short(value: Any) -> str:
+    """A float32 hyperparameter as the user typed it (``0.05``, not ``0.0500000007``)."""
+    import numpy as np
+
+    return str(np.float32(value)) if isinstance(value, float) else str(value)
+
+
+#: Injected hyperparameter -> the flag that sets it.
+_HYPERPARAMETER_FLAGS = {"learning_rate": "--lr", "momentum": "--momentum",
+                         "clip_norm": "--clip-norm", "clip_value": "--clip-value"}
+
+
 def _fit(args: argparse.Namespace, ds: Any, xs: tuple[Any, Any], mesh: Any,
-         out: Path | None, flow_history: Any, progress: str) -> Any:
+         out: Path | None, sinks: tuple[MetricsLog, Any, Any], progress: str) -> Any:
     """Build the model and optimizer and run :func:`funcgrad.train.fit`."""
     import jax
 
     from .. import nn, train
 
+    metrics, flow_history, writer = sinks
     sizes = [ds.x_train.shape[1]] + [args.hidden] * args.depth + [ds.num_classes]
     params = nn.init_mlp(jax.random.PRNGKey(args.seed), sizes, activation=args.activation,
                          init=args.init, scale=args.init_scale, batch_norm=args.batch_norm)
@@ -337,28 +269,19 @@ def _fit(args: argparse.Namespace, ds: Any, xs: tuple[Any, Any], mesh: Any,
         checkpoints = CheckpointManager(args.checkpoint_dir, keep=args.keep_checkpoints,
                                         every=args.checkpoint_every)
         warnings.formatwarning = format_warning  # a CheckpointWarning is one line
-    metrics_file = None
-
-    def on_log(record: dict) -> None:
-        if metrics_file is not None:
-            metrics_file.write(_strict_json(record) + "\n")
-            metrics_file.flush()
-
     config = train.FitConfig(batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
                              steps_per_dispatch=args.steps_per_dispatch,
-                             log_every=args.log_every)
+                             log_every=args.log_every, taps=args.taps,
+                             on_nonfinite=args.on_nonfinite,
+                             max_consecutive_skips=args.max_skips)
     try:
-        if out is not None:
-            metrics_file = open(out / "metrics.jsonl", "w")  # noqa: SIM115 - closed below
-        with _Progress(progress) as bar:
+        with Progress(progress) as bar:
             return train.fit(params, (xs[0], ds.y_train), apply_fn=_apply_fn(args), tx=tx,
                              config=config, eval_data=(xs[1], ds.y_test),
                              checkpoints=checkpoints, resume=args.resume, mesh=mesh,
-                             hooks=train.FitHooks(progress=bar, on_log=on_log,
-                                                  flow=flow_history))
+                             hooks=train.FitHooks(progress=bar, flow=flow_history,
+                                                  writer=writer, **_hooks(args, out, metrics)))
     finally:
-        if metrics_file is not None:
-            metrics_file.close()
         if checkpoints is not None:
             checkpoints.close()
         warnings.formatwarning = formatwarning
@@ -373,11 +296,13 @@ def _apply_fn(args: argparse.Namespace) -> Any:
     return apply_fn
 
 
-def _summary(args: argparse.Namespace, result: Any, ds: Any,
-             devices: list[str]) -> dict[str, Any]:
+def _summary(args: argparse.Namespace, result: Any, ds: Any, devices: list[str],
+             records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's summary; ``records`` are every logged record, a resumed run's kept ones
+    included, so a resumed run's summary is an uninterrupted one's."""
     import jax
 
-    last = result.history[-1] if result.history else {}
+    last = records[-1] if records else {}
     final = result.evals[-1] if result.evals else {}
     steps = int(jax.device_get(result.state.step))
     trained = steps - (result.resumed_from or 0)  # steps this run took
@@ -389,12 +314,14 @@ def _summary(args: argparse.Namespace, result: Any, ds: Any,
         "steps": steps,
         "epochs": args.epochs,
         "skipped_steps": int(jax.device_get(result.state.skipped)),
+        "stopped": result.stopped,
+        "resumed_from": result.resumed_from,
         "wall_seconds": result.wall_seconds,
         "steps_per_second": trained / result.wall_seconds if trained and result.wall_seconds
         else None,
         "devices": devices,
         "dataset": ds.name,
-        "config": dict(vars(args)),
+        "config": dict(vars(args)),  # what the run used: on --resume the flags win
     }
 
 
@@ -408,6 +335,20 @@ def _output_dir(args: argparse.Namespace, is_main: bool) -> Path | None:
     return out
 
 
+def _tensorboard_writer(args: argparse.Namespace, is_main: bool) -> Any:
+    """The ``--tensorboard`` writer (process 0 only), checked before any work."""
+    if not args.tensorboard or not is_main:
+        return None
+    from .. import tensorboard
+
+    try:  # one line naming the flag: missing extra, a file, an unwritable directory
+        tensorboard.require_tensorboardx("--tensorboard")
+        tensorboard.check_logdir(args.tensorboard, name="--tensorboard")
+    except (ImportError, OSError) as exc:
+        raise ValueError(str(exc)) from None
+    return tensorboard.TensorBoardWriter(args.tensorboard)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``funcgrad train`` with parsed arguments.
 
@@ -419,27 +360,39 @@ def run(args: argparse.Namespace) -> int:
     """
     is_main = _start(args)
     out = _output_dir(args, is_main)  # before any work: a bad --out fails at once
+    writer = _tensorboard_writer(args, is_main)  # likewise a bad --tensorboard
     ds, xs, mesh, devices = _prepare(args)
     flow_history = None
     if args.flow:
         from .flow import train_history
 
         flow_history = train_history(args.log_every, _apply_fn(args), echo=is_main)
-    result = _fit(args, ds, xs, mesh, out, flow_history, _progress_mode(args, is_main))
-    if result.resumed_from is not None:
-        print(f"resumed from checkpoint at step {result.resumed_from}"
-              + (": the run was already complete, nothing left to train"
-                 if not result.history else ""))
-    summary = _summary(args, result, ds, devices)
+    metrics = MetricsLog(out)
+    try:
+        result = _fit(args, ds, xs, mesh, out, (metrics, flow_history, writer),
+                      progress_mode(args, is_main))
+    finally:
+        metrics.close()
+        if writer is not None:
+            writer.close()
+    if result.resumed_from is not None and result.resumed_from == int(result.state.step):
+        print(f"resumed from checkpoint at step {result.resumed_from}: the run was already "
+              "complete, nothing left to train")
+    summary = _summary(args, result, ds, devices, metrics.records)
     if flow_history is not None:
         from .flow import finish_train_history
 
         summary["flow"] = finish_train_history(flow_history, out)
     if is_main:
-        _print_summary(summary)
+        print_summary(summary)
     if out is not None:
-        (out / "summary.json").write_text(_strict_json(summary, indent=2))
-        pngs = _plot_curves(result.history, result.evals, out)
+        (out / "summary.json").write_text(strict_json(summary, indent=2))
+        pngs = plot_curves(metrics.records, result.evals, out)
         print(f"wrote {out / 'metrics.jsonl'}, {out / 'summary.json'}"
               + (f", {', '.join(pngs)}" if pngs else " (install matplotlib for PNG curves)"))
+    if result.stopped is not None:
+        print(f"funcgrad train: stopped: {result.stopped}"
+              + (f"; see {out / 'nonfinite.json'}" if out is not None and result.nonfinite
+                 else ""), file=sys.stderr)
+        return 3
     return 0

@@ -19,6 +19,10 @@ makes the check one call inside ``jit``. It is a diagnostic: it imports no train
   :func:`funcgrad.train.fit` takes one (``flow=``).
 * :mod:`~funcgrad.flow.plots` -- :func:`plot`: PNG heatmap of gradient norm per layer
   over training, and the lesson's plot across the layers at chosen steps.
+* :mod:`~funcgrad.flow.taps` -- :func:`tap_grad` (``funcgrad.tap_grad``): the gradient
+  reaching every primitive call (``dL/dnode``) as pure JAX inside ``jit``, ``vmap`` and
+  ``lax.scan``; :func:`tapped_value_and_grad` gives a training step its taps and its
+  activations' saturation and dead units from the same forward and backward pass.
 * :func:`find_nonfinite` (from :mod:`funcgrad.explain`) names the first primitive whose
   value or gradient stops being finite.
 
@@ -42,13 +46,23 @@ from ..explain.nonfinite import NonFinite, find_nonfinite
 from .diagnose import DEFAULT_THRESHOLDS, FLAGS, Diagnosis, diagnose
 from .history import History, to_jsonable
 from .plots import plot
-from .saturation import SATURATING_OPS, Captured, capture, saturated_fraction, saturation
+from .saturation import (
+    SATURATING_OPS,
+    Captured,
+    capture,
+    saturated_fraction,
+    saturation,
+    saturation_from,
+)
 from .stats import layer_names, layer_norms, layer_squares, layer_stats
+from .taps import Tap, activation_stats, tap_grad, tapped_value_and_grad
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "FLAGS",
     "SATURATING_OPS",
+    "Tap",
+    "activation_stats",
     "Captured",
     "Diagnosis",
     "History",
@@ -63,5 +77,8 @@ __all__ = [
     "plot",
     "saturated_fraction",
     "saturation",
+    "saturation_from",
+    "tap_grad",
+    "tapped_value_and_grad",
     "to_jsonable",
 ]

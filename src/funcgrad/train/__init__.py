@@ -8,11 +8,13 @@
   optimizer state come back bitwise unchanged and ``skipped`` counts them.
 * :func:`make_fused_steps` — K steps in one dispatch through ``lax.scan``.
 * :func:`fit` — deterministic shuffling, a padded last batch (no retrace), evaluation,
-  metrics fetched every ``log_every`` steps, checkpoints, data parallelism.
+  metrics fetched every ``log_every`` steps, checkpoints, data parallelism, taps,
+  TensorBoard, and a report on the first non-finite step (:func:`nonfinite_report`).
 """
 
 from ..flow.stats import layer_norms
 from ._loop import FitConfig, FitHooks, FitResult, fit
+from ._nonfinite import nonfinite_report
 from ._optimizer import CLIPPED_NORM, clipped_grad_norm, measure_clipped_norm, optimizer
 from ._step import (
     TrainState,
@@ -38,6 +40,7 @@ __all__ = [
     "make_fused_steps",
     "make_train_step",
     "measure_clipped_norm",
+    "nonfinite_report",
     "optimizer",
 ]
 

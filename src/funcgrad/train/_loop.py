@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..flow.history import History
+from ..flow.history import History, to_jsonable
+from ..tensorboard import host_histograms
+from ._nonfinite import nonfinite_report
 from ._step import (
     TrainState,
     classification_loss,
@@ -36,9 +39,17 @@ class FitConfig:
         steps_per_dispatch: K, the steps fused per dispatch with ``lax.scan``.
         log_every: fetch metrics to the host every this many steps.
         eval_every_epochs: evaluation interval in epochs.
+        taps: record every primitive call's :class:`funcgrad.flow.taps.Tap` in each
+            step's metrics; a logged record holds the last step's as ``"taps"``.
+        on_nonfinite: what follows a step whose loss or gradient is not finite (the step
+            itself always leaves params and optimizer state bitwise unchanged):
+            ``"skip"`` goes on, ``"stop"`` ends the run at the log that shows it.
+        max_consecutive_skips: end the run once this many steps in a row were skipped
+            (``None``: never).
 
     Raises:
-        ValueError: naming the field, if one is not an int >= 1 (``seed``: not an int).
+        ValueError: naming the field, if one is not an int >= 1 (``seed``: not an int),
+            or ``on_nonfinite`` is not ``"skip"`` or ``"stop"``.
     """
 
     batch_size: int = 64
@@ -47,10 +58,19 @@ class FitConfig:
     steps_per_dispatch: int = 1
     log_every: int = 50
     eval_every_epochs: int = 1
+    taps: bool = False
+    on_nonfinite: str = "skip"
+    max_consecutive_skips: int | None = None
 
     def __post_init__(self) -> None:
+        if self.on_nonfinite not in ("skip", "stop"):
+            raise ValueError("fit: argument 'on_nonfinite' must be 'skip' or 'stop'; got "
+                             f"{self.on_nonfinite!r}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name in ("taps", "on_nonfinite") or (
+                    f.name == "max_consecutive_skips" and value is None):
+                continue
             bad = not isinstance(value, (int, np.integer)) or isinstance(value, bool)
             if f.name != "seed" and (bad or value < 1):
                 raise ValueError(f"fit: argument '{f.name}' must be an int >= 1; "
@@ -71,12 +91,25 @@ class FitHooks:
             ``chex.assert_max_traces``).
         flow: a :class:`funcgrad.flow.History`: its ``measure`` runs inside every step,
             the results stay on the device in it and are fetched when ``fit`` logs.
+        writer: a :class:`funcgrad.tensorboard.TensorBoardWriter` (or any object with
+            ``write(record)``, ``write_eval(record)`` and ``histogram_bins``): each step
+            bins its gradients on the device, and every logged record (with the last
+            step's ``grad_histograms``) and evaluation is written. ``fit`` does not close it.
+        on_resume: ``on_resume(step, changed)`` when the run resumes from the checkpoint
+            of ``step``; ``changed`` maps each injected hyperparameter whose value in the
+            checkpoint differs from ``tx``'s to ``(checkpoint value, value used)``: the
+            run goes on with ``tx``'s.
+        on_nonfinite_report: ``on_nonfinite_report(report)`` once, for the first step
+            that was not finite (the report of :func:`funcgrad.train.nonfinite_report`).
     """
 
     progress: Callable[[int, int, dict[str, Any] | None], None] | None = None
     on_log: Callable[[dict[str, Any]], None] | None = None
     wrap_step: Callable[[Callable], Callable] | None = None
     flow: Any = None
+    writer: Any = None
+    on_resume: Callable[[int, dict[str, tuple[Any, Any]]], None] | None = None
+    on_nonfinite_report: Callable[[dict[str, Any]], None] | None = None
 
 
 @dataclasses.dataclass
@@ -90,6 +123,8 @@ class FitResult:
             ``test_accuracy``).
         wall_seconds: wall time of the loop, compilation included.
         resumed_from: the checkpoint step the run resumed from, or ``None``.
+        nonfinite: the report on the first step that was not finite, or ``None``.
+        stopped: why the run ended before its last step, or ``None``.
     """
 
     state: TrainState
@@ -97,6 +132,8 @@ class FitResult:
     evals: list[dict[str, Any]]
     wall_seconds: float
     resumed_from: int | None = None
+    nonfinite: dict[str, Any] | None = None
+    stopped: str | None = None
 
 
 def _split_options(config: FitConfig | None, hooks: FitHooks | None,
@@ -154,20 +191,32 @@ def _epoch_batches(key: np.ndarray, epoch: int, n: int, batch_size: int) -> np.n
     return np.resize(perm, steps * batch_size).reshape(steps, batch_size)  # cyclic padding
 
 
+def _tap_dicts(taps: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: dict(tap._asdict()) if hasattr(tap, "_asdict") else tap
+            for name, tap in taps.items()}
+
+
 def _host_record(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One logged record from the host records of the steps since the last one."""
     last = rows[-1]
     finite = [bool(r["finite"]) for r in rows]
     good = [r for r in rows if bool(r["finite"])] or rows
+    with np.errstate(invalid="ignore", over="ignore"):  # an interval of skipped steps: nan
+        loss = float(np.mean([r["loss"] for r in good]))
+        accuracy = float(np.mean([r["accuracy"] for r in good]))
     return {
-        "train_loss": float(np.mean([r["loss"] for r in good])),
-        "train_accuracy": float(np.mean([r["accuracy"] for r in good])),
+        "train_loss": loss,
+        "train_accuracy": accuracy,
         "grad_norm": float(last["grad_norm"]),
         "clipped_grad_norm": float(last["clipped_grad_norm"]),
         "update_norm": float(last["update_norm"]),
         "layer_grad_norms": [float(v) for v in np.asarray(last["layer_grad_norms"])],
         "nonfinite_steps": int(len(finite) - sum(finite)),
         "steps_in_interval": len(rows),
+        **({"taps": to_jsonable(_tap_dicts(last["taps"]), digits=None)}
+           if "taps" in last else {}),
+        **({"grad_histograms": host_histograms(last["grad_histograms"])}
+           if "grad_histograms" in last else {}),
     }
 
 
@@ -175,8 +224,12 @@ class _Run:
     """The mutable part of one :func:`fit` call: state, counters, logs."""
 
     def __init__(self, state: TrainState, data: tuple[np.ndarray, np.ndarray],
-                 cfg: FitConfig, hooks: FitHooks, mesh: Any) -> None:
+                 cfg: FitConfig, hooks: FitHooks, mesh: Any, loss_fn: Callable) -> None:
         self.state, (self.x, self.y), self.cfg, self.hooks = state, data, cfg, hooks
+        self.loss_fn = loss_fn
+        self.consecutive_skips = 0
+        self.nonfinite: dict[str, Any] | None = None
+        self.stopped: str | None = None
         self.put_batch: Callable[[Any, int], Any] = lambda b, axis: b
         if mesh is not None:
             from .. import parallel
@@ -196,23 +249,57 @@ class _Run:
         self._order: tuple[int, np.ndarray] | None = None
         self.t0 = time.perf_counter()
 
-    def next_batch(self, fused: bool) -> tuple[int, Any]:
-        """The next dispatch's size and placed batch (stacked on axis 0 when fused)."""
-        epoch, pos = divmod(self.step, self.steps_per_epoch)
+    def _rows(self, step: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Example indices and weights of steps ``step .. step + k - 1`` (one epoch)."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
         if self._order is None or self._order[0] != epoch:
             self._order = (epoch, _epoch_batches(self.key, epoch, self.n, self.cfg.batch_size))
-        k_max = self.cfg.steps_per_dispatch
-        k = k_max if fused and pos % k_max == 0 and pos + k_max <= self.steps_per_epoch else 1
         rows = self._order[1][pos:pos + k]
         weights = np.ones(rows.shape, np.float32)
         tail = self.steps_per_epoch * self.cfg.batch_size - self.n
         if pos + k == self.steps_per_epoch and tail:  # the padded tail has weight 0
             weights[-1, self.cfg.batch_size - tail:] = 0.0
+        return rows, weights
+
+    def next_batch(self, fused: bool) -> tuple[int, Any]:
+        """The next dispatch's size and placed batch (stacked on axis 0 when fused)."""
+        pos = self.step % self.steps_per_epoch
+        k_max = self.cfg.steps_per_dispatch
+        k = k_max if fused and pos % k_max == 0 and pos + k_max <= self.steps_per_epoch else 1
+        rows, weights = self._rows(self.step, k)
         if k == 1:
             return 1, self.put_batch((self.x[rows[0]], self.y[rows[0]], weights[0]), 0)
         return k, self.put_batch((self.x[rows], self.y[rows], weights), 1)
 
+    def _watch(self, rows: list[dict[str, Any]]) -> None:
+        """Count skipped steps; replay the first one; stop when the config says so."""
+        for r in rows:
+            self.consecutive_skips = 0 if bool(r["finite"]) else self.consecutive_skips + 1
+        bad = [r["step"] for r in rows if not bool(r["finite"])]
+        if bad and self.nonfinite is None:
+            # the state is the one after the newest fetched step; it is bitwise the state
+            # before the first bad step when every step since was skipped as well
+            after = [bool(r["finite"]) for r in rows if r["step"] > bad[0]]
+            rows_, weights = self._rows(bad[0], 1)
+            batch = (self.x[rows_[0]], self.y[rows_[0]], weights[0])
+            self.nonfinite = nonfinite_report(
+                self.loss_fn, jax.device_get(self.state.params), batch, step=bad[0],
+                params_step=bad[0] if not any(after) else rows[-1]["step"] + 1)
+            if self.hooks.on_nonfinite_report is not None:
+                self.hooks.on_nonfinite_report(self.nonfinite)
+            else:
+                warnings.warn(f"fit: step {bad[0]} was not finite and was skipped (params "
+                              f"unchanged): {self.nonfinite['report'].splitlines()[0]}",
+                              RuntimeWarning, stacklevel=2)
+        limit = self.cfg.max_consecutive_skips
+        if bad and self.cfg.on_nonfinite == "stop":
+            self.stopped = f"step {bad[0]} was not finite (on_nonfinite='stop')"
+        elif limit is not None and self.consecutive_skips >= limit:
+            self.stopped = (f"{self.consecutive_skips} consecutive steps were not finite "
+                            f"(max_consecutive_skips={limit})")
+
     def _logged(self, rows: list[dict[str, Any]]) -> None:
+        self._watch(rows)
         step = rows[-1]["step"] + 1  # steps done after the last fetched one
         self.record = {"step": step, "epoch": step / self.steps_per_epoch,
                        **_host_record(rows), "wall_seconds": time.perf_counter() - self.t0}
@@ -221,6 +308,8 @@ class _Run:
         self.history.append(self.record)
         if self.hooks.on_log is not None:
             self.hooks.on_log(self.record)
+        if self.hooks.writer is not None:
+            self.hooks.writer.write(self.record)
 
     def log(self, metrics: dict[str, Any], k: int) -> dict[str, Any] | None:
         """Buffer one dispatch's metrics; the record if this dispatch fetched them."""
@@ -250,30 +339,57 @@ class _Run:
         loss, correct, count = (float(sum(np.asarray(t[i]) for t in totals)) for i in range(3))
         self.evals.append({"epoch": epoch, "step": self.step, "test_loss": loss / count,
                            "test_accuracy": correct / count})
+        if self.hooks.writer is not None:
+            self.hooks.writer.write_eval(self.evals[-1])
 
 
 def _programs(loss_fn: Callable, tx: Any, cfg: FitConfig,
               hooks: FitHooks) -> tuple[Callable, Callable | None, Callable]:
     """The compiled programs: one step, K fused steps (or ``None``), evaluation."""
     stats_fn = None if hooks.flow is None else hooks.flow.measure
-    step_fn = make_train_step(loss_fn, tx, wrap=hooks.wrap_step, stats_fn=stats_fn)
-    fused_fn = (make_fused_steps(loss_fn, tx, wrap=hooks.wrap_step, stats_fn=stats_fn)
+    bins = getattr(hooks.writer, "histogram_bins", 0)  # 0 without a writer
+    step_fn = make_train_step(loss_fn, tx, wrap=hooks.wrap_step, stats_fn=stats_fn,
+                              histogram_bins=bins, taps=cfg.taps)
+    fused_fn = (make_fused_steps(loss_fn, tx, wrap=hooks.wrap_step, stats_fn=stats_fn,
+                                 histogram_bins=bins, taps=cfg.taps)
                 if cfg.steps_per_dispatch > 1 else None)
     return step_fn, fused_fn, make_eval(loss_fn)
 
 
+def _use_hyperparameters(restored: Any, fresh: Any) -> tuple[Any, dict[str, tuple]]:
+    """``restored`` optimizer state with ``fresh``'s injected hyperparameters, and what
+    changed: ``{name: (checkpoint value, value used)}``."""
+    old, new = getattr(restored, "hyperparams", None), getattr(fresh, "hyperparams", None)
+    if not isinstance(old, dict) or not isinstance(new, dict) or old.keys() != new.keys():
+        return restored, {}
+    changed = {}
+    for name in old:
+        a, b = np.asarray(jax.device_get(old[name])), np.asarray(jax.device_get(new[name]))
+        if a.shape != b.shape or not np.array_equal(a, b):
+            changed[name] = (a.tolist(), b.tolist())
+    if not changed:
+        return restored, {}
+    return restored._replace(hyperparams={**old, **{k: new[k] for k in changed}}), changed
+
+
 def _initial_state(params: Any, tx: Any, cfg: FitConfig, restore: tuple[Any, bool],
-                   mesh: Any) -> tuple[TrainState, int | None]:
-    """The state at step 0, or restored from ``restore = (checkpoints, resume)``; a copy,
-    replicated over ``mesh`` when given."""
+                   mesh: Any, hooks: FitHooks) -> tuple[TrainState, int | None]:
+    """The state at step 0, or restored from ``restore = (checkpoints, resume)`` with
+    ``tx``'s hyperparameters; a copy, replicated over ``mesh`` when given."""
     checkpoints, resume = restore
     state, resumed_from = init_state(params, tx, cfg.seed), None
     if resume:
         if checkpoints is None:
             raise ValueError("fit: argument 'resume' is True but 'checkpoints' is None; pass "
                              "a CheckpointManager")
-        if checkpoints.latest_step() is not None:
-            state, resumed_from = checkpoints.restore(state)
+        # nothing saved yet: a fresh start; checkpoints that are all unusable: an error
+        fresh = state
+        state, resumed_from = checkpoints.resume(state)
+        if resumed_from is not None:
+            opt_state, changed = _use_hyperparameters(state.opt_state, fresh.opt_state)
+            state = dataclasses.replace(state, opt_state=opt_state)
+            if hooks.on_resume is not None:
+                hooks.on_resume(resumed_from, changed)
     # the step donates its state: never donate buffers the caller still holds
     state = jax.tree.map(lambda a: jnp.array(a, copy=True), state)
     if mesh is not None:
@@ -340,15 +456,15 @@ def fit(
     data, held_out = _datasets(train, eval_data, None if loss_fn else (apply_fn, params))
     loss_fn = classification_loss(apply_fn) if loss_fn is None else loss_fn
     step_fn, fused_fn, eval_fn = _programs(loss_fn, tx, cfg, hooks)
-    state, resumed_from = _initial_state(params, tx, cfg, (checkpoints, resume), mesh)
-    run = _Run(state, data, cfg, hooks, mesh)
-    while run.step < run.total:
+    state, resumed_from = _initial_state(params, tx, cfg, (checkpoints, resume), mesh, hooks)
+    run = _Run(state, data, cfg, hooks, mesh, loss_fn)
+    while run.step < run.total and run.stopped is None:
         k, batch = run.next_batch(fused_fn is not None)
         run.state, metrics = (step_fn if k == 1 else fused_fn)(run.state, batch)
         record = run.log(metrics, k)
         before, run.step = run.step, run.step + k
-        if checkpoints is not None and checkpoints.should_save(run.step, previous_step=before):
-            checkpoints.save(run.step, run.state)
+        if checkpoints is not None:  # at the first boundary that crosses each multiple
+            checkpoints.save(run.step, run.state, previous_step=before)
         done_epoch, pos = divmod(run.step, run.steps_per_epoch)
         if pos == 0 and (done_epoch % cfg.eval_every_epochs == 0 or run.step == run.total):
             run.evaluate(eval_fn, held_out, done_epoch)
@@ -361,4 +477,4 @@ def fit(
         checkpoints.save(run.step, run.state, force=True)
     jax.block_until_ready(run.state)
     return FitResult(run.state, run.history, run.evals, time.perf_counter() - run.t0,
-                     resumed_from)
+                     resumed_from, run.nonfinite, run.stopped)

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 
 from .. import primitives as P
 from ..flow.stats import layer_squares as _layer_squares
+from ..flow.taps import tapped_value_and_grad
+from ..tensorboard import layer_histograms
 from ._optimizer import clipped_grad_norm
 
 __all__ = [
@@ -89,11 +91,17 @@ def _accuracy(aux: Any) -> jax.Array:
     return jnp.asarray(jnp.nan, jnp.float32)  # a loss without the classification aux
 
 
-def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None) -> Callable:
+def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None,
+               histogram_bins: int = 0, taps: bool = False) -> Callable:
     import optax
 
+    # one forward and one backward pass give the loss, the gradients, the taps and the
+    # activations' statistics; with neither taps nor stats it is jax.value_and_grad itself
+    grad_fn = tapped_value_and_grad(loss_fn, has_aux=True, taps=taps,
+                                    activations=stats_fn is not None)
+
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        (loss, aux), grads, extra = grad_fn(state.params, batch)
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         # every gradient statistic comes from one sum of squares per layer
@@ -114,7 +122,11 @@ def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None) -> 
             "finite": finite,
         }
         if stats_fn is not None:  # e.g. funcgrad.flow.History.measure
-            metrics["flow"] = stats_fn(state.params, grads, updates, batch)
+            metrics["flow"] = _measure(stats_fn, state.params, grads, updates, batch, extra)
+        if taps:  # {node name: Tap}, the names funcgrad.explain gives the same calls
+            metrics["taps"] = extra["taps"]
+        if histogram_bins:  # binned here: only L x (2 * bins + 6) numbers leave the device
+            metrics["grad_histograms"] = layer_histograms(grads, histogram_bins)
         new_state = TrainState(
             params=jax.tree.map(keep, new_params, state.params),
             opt_state=jax.tree.map(keep, new_opt, state.opt_state),
@@ -127,9 +139,24 @@ def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None) -> 
     return step
 
 
+def _measure(stats_fn: Callable, params: Any, grads: Any, updates: Any, batch: Batch,
+             extra: dict[str, Any]) -> Any:
+    """``stats_fn`` with the step's own activation statistics when it takes them."""
+    import inspect
+
+    try:
+        takes = "activations" in inspect.signature(stats_fn).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if takes:
+        return stats_fn(params, grads, updates, batch, activations=extra)
+    return stats_fn(params, grads, updates, batch)
+
+
 def make_train_step(loss_fn: Callable, tx: Any, *, jit: bool = True,
                     wrap: Callable[[Callable], Callable] | None = None,
-                    stats_fn: Callable | None = None) -> Callable:
+                    stats_fn: Callable | None = None, histogram_bins: int = 0,
+                    taps: bool = False) -> Callable:
     """One training step ``(state, batch) -> (state, metrics)``, jitted, state donated.
 
     Metrics (device arrays): ``loss``, ``accuracy`` (NaN when the loss's aux has no
@@ -148,11 +175,16 @@ def make_train_step(loss_fn: Callable, tx: Any, *, jit: bool = True,
         stats_fn: optional ``stats_fn(params, grads, updates, batch) -> dict`` computed
             inside the step (e.g. :meth:`funcgrad.flow.History.measure`); its result is
             ``metrics["flow"]``.
+        histogram_bins: if > 0, ``metrics["grad_histograms"]`` holds per-layer gradient
+            histograms with this many bins (:func:`funcgrad.tensorboard.layer_histograms`).
+        taps: ``metrics["taps"]`` maps every primitive call of ``loss_fn`` (by its
+            :func:`funcgrad.explain` node name) to the :class:`funcgrad.flow.taps.Tap`
+            of the gradient that reached its output (see :func:`funcgrad.tap_grad`).
 
     Returns:
         The step function.
     """
-    step = _step_body(loss_fn, tx, stats_fn)
+    step = _step_body(loss_fn, tx, stats_fn, histogram_bins, taps)
     if wrap is not None:
         step = wrap(step)
     return jax.jit(step, donate_argnums=0) if jit else step
@@ -160,7 +192,8 @@ def make_train_step(loss_fn: Callable, tx: Any, *, jit: bool = True,
 
 def make_fused_steps(loss_fn: Callable, tx: Any, *, jit: bool = True,
                      wrap: Callable[[Callable], Callable] | None = None,
-                     stats_fn: Callable | None = None) -> Callable:
+                     stats_fn: Callable | None = None, histogram_bins: int = 0,
+                     taps: bool = False) -> Callable:
     """K training steps in one dispatch: ``(state, batches) -> (state, stacked metrics)``.
 
     ``batches`` has a leading axis of length K; ``lax.scan`` runs the same step as
@@ -172,11 +205,13 @@ def make_fused_steps(loss_fn: Callable, tx: Any, *, jit: bool = True,
         jit: compile with the state donated.
         wrap: optional decorator applied before jit.
         stats_fn: as in :func:`make_train_step`.
+        histogram_bins: as in :func:`make_train_step`.
+        taps: as in :func:`make_train_step`.
 
     Returns:
         The fused function; its metrics have a leading axis of length K.
     """
-    body = _step_body(loss_fn, tx, stats_fn)
+    body = _step_body(loss_fn, tx, stats_fn, histogram_bins, taps)
 
     def fused(state: TrainState, batches: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         return jax.lax.scan(body, state, batches)
