@@ -504,6 +504,7 @@ def check_exploding(runs: dict) -> None:
     assert runs["He x1, lr 0.05"]["flags"]["init"] == NO_FLAGS
 
 
+@pytest.mark.slow
 def test_funcgrad_flow_reproduces_the_lesson(tmp_path, capsys):
     """`funcgrad flow --out` at its default size (20 layers, 300 steps, fixed seeds), then
     the two example scripts, which reuse its compiled programs. One test, so that the

@@ -7,6 +7,8 @@ small pools so each compiled comparator is reused across many examples.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +20,8 @@ from conftest import builtin_names, compiled_vjps, float_positions, mismatches
 from funcgrad.registry import PRIMITIVES, sample_args
 from funcgrad.testing import TOLERANCES
 
-EXAMPLES_PER_PRIMITIVE = 80  # x 23 primitives: about 1,800 cases per run
+# x 23 primitives: about 900 cases per run; FUNCGRAD_EXAMPLES=200 for a longer search
+EXAMPLES_PER_PRIMITIVE = int(os.environ.get("FUNCGRAD_EXAMPLES", "40"))
 
 BINARY_BROADCAST = {n for n in builtin_names() if PRIMITIVES[n].broadcasting}
 DIMS = st.sampled_from([1, 3])
