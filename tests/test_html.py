@@ -124,6 +124,21 @@ def test_writes_the_file_and_a_notebook_frame(lesson, tmp_path):
     assert frame.startswith("<iframe srcdoc=") and "&lt;!DOCTYPE html&gt;" in frame
 
 
+def test_cli_explain_html_writes_the_lessons_page(tmp_path, capsys):
+    from funcgrad.cli import main
+
+    path = tmp_path / "lesson.html"
+    assert main(["explain", "--html", str(path)]) == 0
+    assert path.read_text(encoding="utf-8") == lesson_html("backprop")  # the lesson's page
+    assert main(["explain", "--example", "graph", "--html", str(path)]) == 0
+    assert path.read_text(encoding="utf-8") == lesson_html("graph")
+    capsys.readouterr()
+    assert main(["explain", "--html", str(tmp_path)]) == 2
+    assert "--html must be a file" in capsys.readouterr().err
+    assert main(["explain", "--html", str(tmp_path / "no" / "x.html")]) == 2
+    assert "--html: cannot write" in capsys.readouterr().err
+
+
 def test_docs_live_page_is_current():
     path = ROOT / "docs" / "lesson_graph.html"
     page = lesson_html("backprop")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from ._args import EXAMPLES, finite_float
@@ -29,6 +30,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE",
                    help="write the graph to FILE: .dot (DOT text), .svg, .png or .pdf (these "
                         "need the Graphviz 'dot' program)")
+    p.add_argument("--html", metavar="FILE",
+                   help="write one self-contained HTML page that steps through the forward "
+                        "pass, backprop and the update (no network, no Graphviz); open it in "
+                        "any browser")
     p.add_argument("--learning-rate", type=finite_float("--learning-rate"), default=None,
                    metavar="LR",
                    help="also show the update w - LR * dL/dw for every input (the backprop "
@@ -52,6 +57,17 @@ def run(args: argparse.Namespace) -> int:
     graph = lesson_graph(args.example)
     lr = example.learning_rate if args.learning_rate is None else args.learning_rate
     update = example.update if args.learning_rate is None else None
+    if args.html:
+        if Path(args.html).is_dir():
+            raise ValueError(f"--html must be a file; got {args.html!r}, a directory")
+        try:
+            graph.to_html(args.html, learning_rate=lr, update=update,
+                          title=f"funcgrad: {example.title}")
+        except OSError as exc:
+            raise ValueError(f"--html: cannot write {args.html!r}: "
+                             f"{exc.strerror or exc}") from None
+        print(f"wrote {args.html}: open it in a browser, then step with the arrow keys")
+        return 0
     if args.out:
         print(f"wrote {graph.render(args.out)}")
         return 0
