@@ -258,7 +258,7 @@ def run_config(
     scale = config.scale / math.sqrt(depth) if config.depth_scaled else config.scale
     key_init, key_data = jax.random.split(jax.random.PRNGKey(seed))
     params = nn.init_mlp(key_init, sizes, activation=config.activation, init=config.init,
-                         scale=scale, residual=config.residual, batch_norm=config.batch_norm)
+                         scale=scale, batch_norm=config.batch_norm)
     tx = train.optimizer(config.learning_rate, clip_norm=config.clip_norm)
     opt = tx.init(params)
     rows = jax.random.randint(key_data, (steps, batch_size), 0, len(x))

@@ -110,7 +110,6 @@ def init_mlp(
     activation: str = "relu",
     init: str | Initializer = "he",
     scale: float = 1.0,
-    residual: bool = False,
     batch_norm: bool = False,
     dtype: Any = jnp.float32,
 ) -> Params:
@@ -123,8 +122,6 @@ def init_mlp(
             same name must be passed to :func:`mlp`).
         init: ``"he"``, ``"glorot"``, ``"normal"`` or an initialiser callable.
         scale: the gain of He/Glorot, or the standard deviation of ``"normal"``.
-        residual: validated for consistency (hidden layers of equal width get skip
-            connections in :func:`mlp`).
         batch_norm: add ``gamma``/``beta`` to every hidden layer.
         dtype: parameter dtype.
 
