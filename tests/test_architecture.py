@@ -9,7 +9,7 @@ is still a dependency); only ``if TYPE_CHECKING:`` blocks are left out. The rule
   ``parallel``, ``experiments``, ``cli``);
 * ``primitives`` imports only ``primitives``;
 * only ``cli`` imports ``experiments``, and nothing imports ``cli``;
-* no module is over 500 lines.
+* no module is over 500 lines, and no function over 80.
 
 The checker runs on planted violations in a synthetic tree too, so it can fail.
 """
@@ -25,6 +25,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "funcgrad"
 DIAGNOSTICS = {"primitives", "registry", "testing", "_jaxpr", "explain", "flow"}
 TRAINING = {"train", "nn", "data", "checkpoint", "parallel", "experiments", "cli"}
 MAX_LINES = 500
+MAX_FUNCTION_LINES = 80
 #: The top floors, bottom up: only a floor above may import them (the root package
 #: ``funcgrad`` loads lazily and counts as the ground).
 TOP = ["", "experiments", "cli"]
@@ -152,6 +153,12 @@ def check_tree(root: Path, package: str = "funcgrad") -> list[str]:
         lines = len(path.read_text().splitlines())
         if lines > MAX_LINES:
             problems.append(f"module over {MAX_LINES} lines: {mod} has {lines}")
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1  # docstring included
+                if length > MAX_FUNCTION_LINES:
+                    problems.append(f"function over {MAX_FUNCTION_LINES} lines: "
+                                    f"{mod}.{node.name} has {length}")
     return problems
 
 
@@ -189,9 +196,12 @@ def test_a_clean_synthetic_tree_passes(tmp_path):
     ({"primitives/relu.py": "from ..flow import stats\n", "flow/stats.py": ""},
      "upward from primitives: pkg.primitives.relu imports pkg.flow.stats"),
     ({"big.py": "x = 1\n" * 501}, "module over 500 lines: pkg.big has 501"),
+    ({"long.py": "def f():\n" + "    x = 1\n" * 80},
+     "function over 80 lines: pkg.long.f has 81"),
     ({"cli.py": "", "nn.py": "def f():\n    from . import cli\n"},
      "upward into cli: pkg.nn imports pkg.cli"),
-], ids=["cycle", "diagnostics-to-training", "upward-from-primitives", "too-long", "into-cli"])
+], ids=["cycle", "diagnostics-to-training", "upward-from-primitives", "too-long",
+        "long-function", "into-cli"])
 def test_planted_violations_are_found(tmp_path, files, expected):
     assert expected in check_tree(_plant(tmp_path, files), "pkg")
 
