@@ -1,20 +1,36 @@
-"""The optimizer: SGD with clipping, and the clipped gradient norm read through optax.
+"""The optimizer: SGD with clipping and a learning-rate schedule, read back through optax.
 
 :func:`optimizer` places ``optax.snapshot`` (:func:`measure_clipped_norm`) right after the
 clip, so the train step reads the norm of the gradient *after* clipping from the optimizer
 state, under the name :data:`CLIPPED_NORM`. Any other optax transformation gets
 :func:`clipped_grad_norm`'s documented fallback, which is never silently wrong.
+
+The learning rate of the last update is the leaf named ``"learning_rate"`` of the state,
+for a constant rate and a schedule alike: :func:`current_learning_rate` reads it.
+:func:`schedule` builds a schedule whose peak is an injected hyperparameter, so changing
+the peak never recompiles a step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["CLIPPED_NORM", "clipped_grad_norm", "measure_clipped_norm", "optimizer"]
+__all__ = [
+    "CLIPPED_NORM",
+    "SCHEDULES",
+    "Schedule",
+    "clipped_grad_norm",
+    "current_learning_rate",
+    "measure_clipped_norm",
+    "optimizer",
+    "schedule",
+]
 
 #: Name of the ``optax.snapshot`` that stores the global norm of the clipped gradient.
 CLIPPED_NORM = "funcgrad_clipped_grad_norm"
@@ -52,8 +68,164 @@ def measure_clipped_norm() -> Any:
     return optax.snapshot(CLIPPED_NORM, optax.tree.norm)
 
 
+#: The names :func:`schedule` accepts.
+SCHEDULES = ("constant", "cosine", "exponential")
+
+
+def _require_steps(name: str, flag: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}: argument '{flag}' must be an int >= {low}; got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule ``peak * shape(count)`` (an optax schedule: call it).
+
+    Built by :func:`schedule`. :func:`optimizer` injects ``peak`` as the hyperparameter
+    ``"peak_learning_rate"``, so a new peak is a new state leaf, not a new program.
+
+    Attributes:
+        name: one of :data:`SCHEDULES`.
+        peak: the largest learning rate.
+        warmup_steps: steps of linear warmup from 0 to ``peak``.
+        total_steps: steps of the whole run (warmup included), or ``None`` (constant).
+        shape: ``count -> factor`` in ``[0, 1]``, the schedule of peak 1.
+    """
+
+    name: str
+    peak: float
+    warmup_steps: int
+    total_steps: int | None
+    shape: Callable[[Any], Any] = dataclasses.field(repr=False, compare=False)
+
+    def __call__(self, count: Any) -> Any:
+        """The learning rate of update ``count`` (0 for the first update)."""
+        return self.peak * self.shape(count)
+
+
+def schedule(name: str, peak: float, *, warmup_steps: int = 0, total_steps: int | None = None,
+             end_fraction: float = 0.0, decay_rate: float = 0.01) -> Schedule:
+    """A learning-rate schedule from optax with linear warmup, for :func:`optimizer`.
+
+    * ``"constant"``: warmup from 0 to ``peak`` over ``warmup_steps``, then ``peak``.
+    * ``"cosine"``: ``optax.warmup_cosine_decay_schedule(0, peak, warmup_steps,
+      total_steps, end_fraction * peak)``.
+    * ``"exponential"``: ``optax.warmup_exponential_decay_schedule(0, peak, warmup_steps,
+      total_steps - warmup_steps, decay_rate)``: the rate falls to ``decay_rate * peak``
+      at ``total_steps`` (and on beyond it).
+
+    Args:
+        name: one of :data:`SCHEDULES`.
+        peak: the largest learning rate, > 0.
+        warmup_steps: steps of linear warmup, >= 0.
+        total_steps: all steps of the run (e.g. epochs times steps per epoch); required,
+            and greater than ``warmup_steps``, for ``"cosine"`` and ``"exponential"``.
+        end_fraction: ``"cosine"`` ends at this fraction of the peak, in ``[0, 1]``.
+        decay_rate: ``"exponential"`` falls by this factor over the decay, in ``(0, 1]``.
+
+    Returns:
+        A :class:`Schedule`, callable as any optax schedule.
+
+    Raises:
+        ValueError: naming the argument, for an unknown name or a bad number.
+
+    Examples:
+        >>> s = schedule("cosine", 0.1, warmup_steps=10, total_steps=110)
+        >>> [round(float(s(n)), 6) for n in (0, 5, 10, 60, 110)]
+        [0.0, 0.05, 0.1, 0.05, 0.0]
+    """
+    import optax
+
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule: argument 'name' must be one of {list(SCHEDULES)}; "
+                         f"got {name!r}")
+    _require_positive("schedule", "peak", peak)
+    warmup = _require_steps("schedule", "warmup_steps", warmup_steps, 0)
+    if not isinstance(end_fraction, (int, float)) or not 0.0 <= end_fraction <= 1.0:
+        raise ValueError(f"schedule: argument 'end_fraction' must be in [0, 1]; "
+                         f"got {end_fraction!r}")
+    if not isinstance(decay_rate, (int, float)) or not 0.0 < decay_rate <= 1.0:
+        raise ValueError(f"schedule: argument 'decay_rate' must be in (0, 1]; "
+                         f"got {decay_rate!r}")
+    if name == "constant":
+        if total_steps is not None:
+            _require_steps("schedule", "total_steps", total_steps, 1)
+        ramp = optax.linear_schedule(0.0, 1.0, warmup) if warmup else optax.constant_schedule(1.0)
+        shape = optax.join_schedules([ramp, optax.constant_schedule(1.0)], [warmup])
+        return Schedule(name, float(peak), warmup, total_steps, shape)
+    if total_steps is None or isinstance(total_steps, bool) or not isinstance(total_steps, int) \
+            or total_steps <= warmup:
+        raise ValueError(f"schedule: argument 'total_steps' must be an int > warmup_steps "
+                         f"({warmup}) for {name!r}; got {total_steps!r}")
+    if name == "cosine":
+        shape = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total_steps,
+                                                   float(end_fraction))
+    else:
+        shape = optax.warmup_exponential_decay_schedule(0.0, 1.0, warmup, total_steps - warmup,
+                                                        float(decay_rate))
+    return Schedule(name, float(peak), warmup, total_steps, shape)
+
+
+class ScheduledRateState(NamedTuple):
+    """State of the scheduled step: updates taken, and the rate the last one used."""
+
+    count: jax.Array
+    learning_rate: jax.Array
+
+
+def _scale_by_scheduled_rate(factor: Any, shape: Callable[[Any], Any]) -> Any:
+    """``updates * -(factor * shape(count))``, remembering the rate as ``learning_rate``."""
+    import optax
+
+    def init(params: Any) -> ScheduledRateState:
+        del params
+        return ScheduledRateState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
+
+    def update(updates: Any, state: ScheduledRateState, params: Any = None) -> tuple:
+        del params
+        rate = jnp.asarray(factor * shape(state.count), jnp.float32)
+        updates = jax.tree.map(lambda g: (-rate * g).astype(g.dtype), updates)
+        return updates, ScheduledRateState(optax.safe_int32_increment(state.count), rate)
+
+    return optax.GradientTransformation(init, update)
+
+
+def current_learning_rate(opt_state: Any) -> jax.Array:
+    """The learning rate of the last update, read from the optimizer state.
+
+    For :func:`optimizer`'s state, constant or scheduled, this is
+    ``optax.tree.get(opt_state, "learning_rate")`` as float32 (before the first update a
+    scheduled state holds 0). Works inside ``jit``.
+
+    Args:
+        opt_state: the optimizer state.
+
+    Returns:
+        A float32 scalar; NaN when the state holds no leaf named ``"learning_rate"``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> tx = optimizer(schedule("constant", 0.5, warmup_steps=4))
+        >>> state = tx.init(jnp.zeros(2))
+        >>> for _ in range(3):
+        ...     _, state = tx.update(jnp.ones(2), state)
+        >>> float(current_learning_rate(state))
+        0.25
+    """
+    import optax
+
+    try:
+        found = optax.tree.get(opt_state, "learning_rate", default=None)
+    except KeyError:  # several leaves of that name: no single answer
+        found = None
+    if found is None:
+        return jnp.asarray(jnp.nan, jnp.float32)
+    return jnp.asarray(found, jnp.float32)
+
+
 def optimizer(
-    learning_rate: float,
+    learning_rate: float | Schedule | Callable[[Any], Any],
     *,
     momentum: float = 0.0,
     clip_norm: float | None = None,
@@ -66,8 +238,19 @@ def optimizer(
     ``optax.inject_hyperparams`` so every number is a leaf of the optimizer state: set
     ``state.opt_state.hyperparams["learning_rate"]`` to change it without recompiling.
 
+    A schedule replaces the constant rate:
+
+    * a :class:`Schedule` from :func:`schedule`: its peak is the injected hyperparameter
+      ``"peak_learning_rate"`` (set it to change the peak without recompiling);
+    * any other optax schedule ``count -> rate`` (``optax.exponential_decay(...)``): it is
+      multiplied by the injected ``"learning_rate_scale"``, 1.0 to begin with.
+
+    Either way the rate of the last update is the state's leaf ``"learning_rate"``
+    (:func:`current_learning_rate`), and the schedule counts updates that were applied
+    (a step skipped for non-finite gradients keeps the whole state, count included).
+
     Args:
-        learning_rate: step size, > 0.
+        learning_rate: step size, > 0, or a schedule.
         momentum: heavy-ball momentum in ``[0, 1)``; 0 means plain SGD.
         clip_norm: maximum global gradient norm, or ``None``.
         clip_value: maximum absolute value of every gradient element, or ``None``.
@@ -90,7 +273,9 @@ def optimizer(
     """
     import optax
 
-    _require_positive("optimizer", "learning_rate", learning_rate)
+    scheduled = callable(learning_rate)
+    if not scheduled:
+        _require_positive("optimizer", "learning_rate", learning_rate)
     _require_positive("optimizer", "clip_norm", clip_norm)
     _require_positive("optimizer", "clip_value", clip_value)
     if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) \
@@ -98,21 +283,46 @@ def optimizer(
         raise ValueError(f"optimizer: argument 'momentum' must be in [0, 1); "
                          f"got {momentum!r}")
 
-    def chain(learning_rate, momentum, clip_norm, clip_value):
+    def clipped(clip_norm: Any, clip_value: Any) -> list[Any]:
         parts = []
         if clip_norm is not None:
             parts.append(optax.clip_by_global_norm(clip_norm))
         if clip_value is not None:
             parts.append(optax.clip(clip_value))
-        parts += [measure_clipped_norm(), optax.sgd(learning_rate, momentum=momentum)]
-        return optax.chain(*parts)
+        return [*parts, measure_clipped_norm()]
 
-    return optax.inject_hyperparams(chain)(
-        learning_rate=float(learning_rate),
-        momentum=float(momentum) if momentum else None,
-        clip_norm=None if clip_norm is None else float(clip_norm),
-        clip_value=None if clip_value is None else float(clip_value),
-    )
+    numbers = {
+        "momentum": float(momentum) if momentum else None,
+        "clip_norm": None if clip_norm is None else float(clip_norm),
+        "clip_value": None if clip_value is None else float(clip_value),
+    }
+    if not scheduled:
+        def chain(learning_rate, momentum, clip_norm, clip_value):
+            return optax.chain(*clipped(clip_norm, clip_value),
+                               optax.sgd(learning_rate, momentum=momentum))
+
+        return optax.inject_hyperparams(chain)(learning_rate=float(learning_rate), **numbers)
+
+    # the schedule's shape is closed over (a callable hyperparameter would be evaluated by
+    # inject_hyperparams); only the factor is a leaf of the state
+    def scheduled_chain(factor, momentum, clip_norm, clip_value, shape):
+        trace = [optax.trace(decay=momentum)] if momentum is not None else []
+        return optax.chain(*clipped(clip_norm, clip_value), *trace,
+                           _scale_by_scheduled_rate(factor, shape))
+
+    if isinstance(learning_rate, Schedule):
+        def peak_chain(peak_learning_rate, momentum, clip_norm, clip_value):
+            return scheduled_chain(peak_learning_rate, momentum, clip_norm, clip_value,
+                                   learning_rate.shape)
+
+        return optax.inject_hyperparams(peak_chain)(
+            peak_learning_rate=float(learning_rate.peak), **numbers)
+
+    def scale_chain(learning_rate_scale, momentum, clip_norm, clip_value):
+        return scheduled_chain(learning_rate_scale, momentum, clip_norm, clip_value,
+                               learning_rate)
+
+    return optax.inject_hyperparams(scale_chain)(learning_rate_scale=1.0, **numbers)
 
 
 def _dot(a: Any, b: Any) -> jax.Array:
