@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -136,34 +136,49 @@ def _scaled_squares(leaves: Sequence[jax.Array], top: jax.Array, dtype: Any) -> 
                      for x in leaves], dtype)
 
 
-def _norms(per_layer: Sequence[Sequence[jax.Array]], counts: jax.Array, dtype: Any,
-           top: jax.Array | None = None) -> jax.Array:
-    """Per-layer ``‖x‖₂`` that neither overflows nor underflows in float32.
+class _Group(NamedTuple):
+    """One tree's float leaves per layer, element counts, dtype and (if known) max |x|."""
+
+    per_layer: list[list[jax.Array]]
+    counts: jax.Array
+    dtype: Any
+    top: jax.Array | None = None
+
+
+def _norms(groups: Sequence[_Group]) -> list[jax.Array]:
+    """Per-layer ``‖x‖₂`` of each group that neither overflows nor underflows in float32.
 
     One plain sum of squares per layer (:func:`layer_squares`' reduction) is exact
     enough unless a layer's sum is not finite (an ``inf``/``nan`` inside, or overflow) or
     so small that flushed subnormal squares could matter (below ``count · 1e-30``). Only
-    then, under ``lax.cond``, every layer is summed again scaled by its ``max |x|``
-    (``top``, computed there unless given) and the scale multiplied back; a layer that
-    holds a ``nan`` or ``inf`` gets that value.
+    then, under one ``lax.cond`` for all the groups (a cond per tree costs a step of a
+    small model as much as the reductions themselves), every layer is summed again scaled
+    by its ``max |x|`` (``top``, computed there unless given) and the scale multiplied
+    back; a layer that holds a ``nan`` or ``inf`` gets that value.
     """
-    squares = jnp.stack([_squares(leaves, dtype) for leaves in per_layer])
-    risky = ~jnp.isfinite(squares) | (squares < counts * 1e-30)
-    if top is not None:
-        risky = risky & (top != 0)  # an all-zero layer's 0 is exact
+    squares = [jnp.stack([_squares(leaves, g.dtype) for leaves in g.per_layer])
+               for g in groups]
+    risky = [~jnp.isfinite(sq) | (sq < g.counts * 1e-30) for sq, g in zip(squares, groups,
+                                                                          strict=True)]
+    risky = [r & (g.top != 0) if g.top is not None else r  # an all-zero layer's 0 is exact
+             for r, g in zip(risky, groups, strict=True)]
 
-    def scaled(_: Any) -> jax.Array:
-        t = top if top is not None else jnp.stack([_max_abs(x, dtype) for x in per_layer])
-        sums = jnp.stack([_scaled_squares(leaves, m, dtype)
-                          for leaves, m in zip(per_layer, t, strict=True)])
-        norms = jnp.where(jnp.isfinite(t) & (t > 0), jnp.sqrt(sums) * t, 0)
-        return jnp.where(jnp.isfinite(t), norms, t)
+    def scaled(_: Any) -> list[jax.Array]:
+        out = []
+        for g in groups:
+            t = g.top if g.top is not None else jnp.stack(
+                [_max_abs(x, g.dtype) for x in g.per_layer])
+            sums = jnp.stack([_scaled_squares(leaves, m, g.dtype)
+                              for leaves, m in zip(g.per_layer, t, strict=True)])
+            norms = jnp.where(jnp.isfinite(t) & (t > 0), jnp.sqrt(sums) * t, 0)
+            out.append(jnp.where(jnp.isfinite(t), norms, t))
+        return out
 
-    return jax.lax.cond(jnp.any(risky), scaled, lambda _: jnp.sqrt(squares), None)
+    anything = functools.reduce(jnp.logical_or, [jnp.any(r) for r in risky])
+    return jax.lax.cond(anything, scaled, lambda _: [jnp.sqrt(sq) for sq in squares], None)
 
 
-def _checked_layers(tree: Any, fn: str, arg: str, expected: int | None
-                    ) -> tuple[list[list[jax.Array]], jax.Array, Any]:
+def _checked_layers(tree: Any, fn: str, arg: str, expected: int | None) -> _Group:
     """The float leaves of each layer, the element count of each (at least 1), the dtype."""
     layers = _split_layers(tree)
     if expected is not None and len(layers) != expected:
@@ -173,36 +188,25 @@ def _checked_layers(tree: Any, fn: str, arg: str, expected: int | None
     dtype = _dtype([x for leaves in per_layer for x in leaves])
     counts = jnp.asarray([max(sum(int(x.size) for x in leaves), 1) for leaves in per_layer],
                          dtype)
-    return per_layer, counts, dtype
+    return _Group(per_layer, counts, dtype)
 
 
-def _tree_norms(tree: Any, fn: str, arg: str, expected: int) -> jax.Array:
-    """Per-layer norms of ``tree`` (``nan``/``inf`` for a layer that holds one)."""
-    per_layer, counts, dtype = _checked_layers(tree, fn, arg, expected)
-    if not per_layer:
-        return jnp.zeros((0,), dtype)
-    return _norms(per_layer, counts, dtype)
+def _summaries(group: _Group) -> tuple[_Group, dict[str, jax.Array]]:
+    """Per-layer mean ``|x|``, max ``|x|`` and fraction of exact zeros of a group (the
+    group gains its ``top``, for :func:`_norms`).
 
-
-def _summaries(tree: Any, fn: str, arg: str) -> dict[str, jax.Array]:
-    """Per-layer norm, mean ``|x|``, max ``|x|`` and fraction of exact zeros of ``tree``.
-
-    Plain reductions over each leaf, one pass over the data (plus one more in the rare
-    case :func:`_norms` describes). A ``nan`` anywhere in a layer makes its norm, mean and
-    max ``nan``; an ``inf`` (and no ``nan``) makes them ``inf``.
+    Plain reductions over each leaf, one pass over the data. A ``nan`` anywhere in a layer
+    makes its mean and max ``nan``; an ``inf`` (and no ``nan``) makes them ``inf``.
     """
-    per_layer, counts, dtype = _checked_layers(tree, fn, arg, None)
-    if not per_layer:
-        empty = jnp.zeros((0,), dtype)
-        return {"norm": empty, "mean_abs": empty, "max_abs": empty, "zero_fraction": empty}
+    per_layer, counts, dtype, _ = group
     top = jnp.stack([_max_abs(leaves, dtype) for leaves in per_layer])
     total = jnp.stack([sum((jnp.sum(jnp.abs(x).astype(dtype)) for x in leaves),
                            jnp.zeros((), dtype)) for leaves in per_layer])
     zeros = jnp.stack([sum((jnp.sum(x == 0, dtype=dtype) for x in leaves),
                            jnp.zeros((), dtype)) for leaves in per_layer])
     mean = jnp.where(jnp.isfinite(top), total / counts, top)
-    return {"norm": _norms(per_layer, counts, dtype, top), "mean_abs": mean, "max_abs": top,
-            "zero_fraction": zeros / counts}
+    return group._replace(top=top), {"mean_abs": mean, "max_abs": top,
+                                     "zero_fraction": zeros / counts}
 
 
 def layer_stats(grads: Any, params: Any = None, updates: Any = None) -> dict[str, jax.Array]:
@@ -248,14 +252,21 @@ def layer_stats(grads: Any, params: Any = None, updates: Any = None) -> dict[str
         >>> [round(r, 4) for r in s["update_ratio"].tolist()]
         [0.0, 0.0707]
     """
-    g = _summaries(grads, "layer_stats", "grads")
-    n = int(g["norm"].shape[0])
-    out = {"grad_norm": g["norm"], "grad_mean_abs": g["mean_abs"],
-           "grad_max_abs": g["max_abs"], "grad_zero_fraction": g["zero_fraction"]}
-    if params is not None:
-        out["param_norm"] = _tree_norms(params, "layer_stats", "params", n)
-    if updates is not None:
-        out["update_norm"] = _tree_norms(updates, "layer_stats", "updates", n)
+    g = _checked_layers(grads, "layer_stats", "grads", None)
+    if not g.per_layer:
+        empty = jnp.zeros((0,), g.dtype)
+        return {"grad_norm": empty, "grad_mean_abs": empty, "grad_max_abs": empty,
+                "grad_zero_fraction": empty}
+    g, summary = _summaries(g)
+    n = len(g.per_layer)
+    named = [("grad_norm", g)] + [
+        (key, _checked_layers(tree, "layer_stats", arg, n))
+        for key, tree, arg in (("param_norm", params, "params"),
+                               ("update_norm", updates, "updates")) if tree is not None]
+    norms = _norms([group for _, group in named])
+    out = {"grad_norm": norms[0], "grad_mean_abs": summary["mean_abs"],
+           "grad_max_abs": summary["max_abs"], "grad_zero_fraction": summary["zero_fraction"]}
+    out.update({key: norm for (key, _), norm in zip(named[1:], norms[1:], strict=True)})
     if params is not None and updates is not None:
         pn, un = out["param_norm"], out["update_norm"]
         out["update_ratio"] = jnp.where(pn > 0, un / jnp.where(pn > 0, pn, 1.0), jnp.nan)
