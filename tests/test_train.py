@@ -182,8 +182,13 @@ def test_fit_is_deterministic_and_depends_on_the_seed():
 
 
 def test_fit_metrics_are_fetched_every_log_every_steps():
-    r = _fit(log_every=4)
+    # at the first program boundary past each multiple: single steps hit 4 and 8 ...
+    r = _fit(log_every=4, steps_per_dispatch=1)
     assert [h["step"] for h in r.history] == [4, 8, 9]
+    # ... whole-epoch programs (3 steps, the default) end at 3, 6, 9
+    r = _fit(log_every=4)
+    assert [h["step"] for h in r.history] == [6, 9]
+    assert [h["steps_in_interval"] for h in r.history] == [6, 3]
 
 
 def test_fit_rejects_bad_arguments():

@@ -100,7 +100,10 @@ def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None,
     grad_fn = tapped_value_and_grad(loss_fn, has_aux=True, taps=taps,
                                     activations=stats_fn is not None)
 
-    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    def step(state: TrainState, batch: Batch,
+             active: jax.Array | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+        # active=False (fit's programs after a stop): the state comes back bitwise as it
+        # was, its step count included; it rides on the non-finite guard's select
         (loss, aux), grads, extra = grad_fn(state.params, batch)
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
@@ -110,7 +113,8 @@ def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None,
         # a nan or inf anywhere makes the sum non-finite (so does a norm beyond float32's
         # range, which no optimizer step could use either)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jnp.where(finite, new, old)  # bitwise old on a bad step
+        take = finite if active is None else finite & active
+        keep = lambda new, old: jnp.where(take, new, old)  # bitwise old on a bad step
         metrics = {
             "loss": loss,
             "accuracy": _accuracy(aux),
@@ -118,7 +122,7 @@ def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None,
             "clipped_grad_norm": clipped_grad_norm(tx, grads, state.opt_state, new_opt,
                                                    state.params, grad_norm),
             "layer_grad_norms": jnp.sqrt(layer_sq),
-            "update_norm": jnp.where(finite, jnp.sqrt(jnp.sum(_layer_squares(updates))), 0.0),
+            "update_norm": jnp.where(take, jnp.sqrt(jnp.sum(_layer_squares(updates))), 0.0),
             "finite": finite,
         }
         if stats_fn is not None:  # e.g. funcgrad.flow.History.measure
@@ -130,10 +134,13 @@ def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None,
         new_state = TrainState(
             params=jax.tree.map(keep, new_params, state.params),
             opt_state=jax.tree.map(keep, new_opt, state.opt_state),
-            step=state.step + 1,
+            step=state.step + (1 if active is None else active.astype(jnp.int32)),
             key=state.key,
-            skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32),
+            skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32) * (
+                1 if active is None else active.astype(jnp.int32)),
         )
+        if active is not None:
+            metrics["ran"] = active
         return new_state, metrics
 
     return step
@@ -230,10 +237,16 @@ def make_eval(loss_fn: Callable) -> Callable:
     Returns:
         The evaluation function.
     """
+    return jax.jit(eval_body(loss_fn))
+
+
+def eval_body(loss_fn: Callable) -> Callable:
+    """The function :func:`make_eval` compiles (for use inside other programs)."""
     def evaluate(params: Any, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
         loss, aux = loss_fn(params, batch)
         count = aux.get("count", jnp.sum(batch[2])) if isinstance(aux, dict) \
             else jnp.sum(batch[2])
         correct = aux.get("correct", jnp.nan) if isinstance(aux, dict) else jnp.nan
-        return loss * count, jnp.asarray(correct, jnp.float32), count
-    return jax.jit(evaluate)
+        return loss * count, jnp.asarray(correct, jnp.float32), jnp.asarray(count,
+                                                                            jnp.float32)
+    return evaluate
