@@ -190,3 +190,36 @@ def test_bad_nonfinite_flags_are_named(argv, words, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train", *argv])
     assert exc.value.code == 2 and words in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_kill_9_then_resume_ends_as_an_uninterrupted_run(tmp_path):
+    """`funcgrad train` killed with SIGKILL after its first checkpoint, then resumed into
+    the same --out: the final metrics.jsonl and summary.json are the uninterrupted run's."""
+    import subprocess
+    import sys
+    import time
+
+    args = ["train", "--hidden", "16", "--batch-size", "64", "--epochs", "40",
+            "--steps-per-dispatch", "4", "--log-every", "8", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+    ck, out = tmp_path / "ck", tmp_path / "out"
+    run = [*args, "--checkpoint-dir", str(ck), "--checkpoint-every", "8", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "funcgrad.cli", *run],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ck.exists() and any((p / "funcgrad_integrity.json").exists()
+                                   for p in ck.iterdir() if p.name.isdigit()):
+                break  # a verified checkpoint: kill it now, mid-run
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -9, "the run ended before it could be killed"
+    assert main([*run, "--resume"]) == 0
+    assert _records(out / "metrics.jsonl") == _records(tmp_path / "full" / "metrics.jsonl")
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (out, tmp_path / "full"))
+    for key in ("train_loss", "train_accuracy", "test_accuracy", "test_loss", "steps"):
+        assert a[key] == b[key], key
