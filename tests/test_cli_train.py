@@ -111,8 +111,8 @@ def test_a_diverged_run_writes_strict_json(tmp_path, capsys):
     """NaN is not JSON: non-finite numbers are written as null (strict parsers accept it)."""
     out = tmp_path / "run"
     assert main(["train", "--lr", "1e6", "--no-clip-norm", "--epochs", "1", "--hidden", "8",
-                 "--batch-size", "256", "--log-every", "2", "--no-progress",
-                 "--out", str(out)]) == 0
+                 "--batch-size", "256", "--log-every", "2", "--steps-per-dispatch", "1",
+                 "--no-progress", "--out", str(out)]) == 0
     records = [_strict(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary = _strict((out / "summary.json").read_text())
     assert any(r["train_loss"] is None for r in records) or summary["train_loss"] is None

@@ -144,9 +144,11 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         The exit status: 0 if every row passed, 1 if any failed.
     """
+    from .._cache import enable_for_cli
     from .._text import text_table
     from ..testing import CHECKS, check_registry
 
+    enable_for_cli()  # a second run loads its compiled programs (FUNCGRAD_COMPILATION_CACHE=0: off)
     t0, c0 = time.perf_counter(), time.process_time()
     names = list(args.names) + list(args.primitive)
     for spec in args.module:

@@ -74,8 +74,17 @@ def _add_optimisation_args(g: Any) -> None:
                    help="seed of the split, the initialisation and the shuffling, in "
                         "[0, 2**32 - 1] (default %(default)s)")
     g.add_argument("--steps-per-dispatch", type=positive_int("--steps-per-dispatch"),
-                   default=10, help="K: training steps fused into one dispatch with lax.scan "
-                                    "(default %(default)s)")
+                   default=None, help="K: training steps fused into one compiled program "
+                                      "(lax.scan), never crossing an epoch's end when "
+                                      "smaller than an epoch (default: whole epochs, "
+                                      "--epochs-per-dispatch of them)")
+    g.add_argument("--epochs-per-dispatch", type=positive_int("--epochs-per-dispatch"),
+                   default=1, help="whole epochs per compiled program when "
+                                   "--steps-per-dispatch is not given (default %(default)s)")
+    g.add_argument("--device-data-mib", type=_mib, default=None,
+                   help="training data up to this many MiB lives on the device and is "
+                        "shuffled there; more streams from the host; 0: always stream "
+                        "(default: 256 on CPU, a quarter of an accelerator's memory)")
     g.add_argument("--log-every", type=positive_int("--log-every"), default=50,
                    help="fetch metrics to the host every N steps (default %(default)s)")
     g.add_argument("--on-nonfinite", choices=["skip", "stop"], default="skip",
@@ -85,6 +94,18 @@ def _add_optimisation_args(g: Any) -> None:
     g.add_argument("--max-skips", type=positive_int("--max-skips"), default=100,
                    help="stop with exit status 3 once N consecutive steps were not finite "
                         "(default %(default)s)")
+
+
+def _mib(text: str) -> float:
+    """``--device-data-mib``: a number of MiB >= 0 (argparse names the flag otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"--device-data-mib must be a number >= 0; got "
+                                         f"{text!r}")
+    return value
 
 
 def _add_output_args(g: Any) -> None:
@@ -257,8 +278,10 @@ def _fit(args: argparse.Namespace, ds: Any, xs: tuple[Any, Any], mesh: Any,
 
     metrics, flow_history, writer = sinks
     sizes = [ds.x_train.shape[1]] + [args.hidden] * args.depth + [ds.num_classes]
-    params = nn.init_mlp(jax.random.PRNGKey(args.seed), sizes, activation=args.activation,
-                         init=args.init, scale=args.init_scale, batch_norm=args.batch_norm)
+    # one compiled program (cached across runs) rather than an eager op per layer
+    params = jax.jit(lambda: nn.init_mlp(
+        jax.random.PRNGKey(args.seed), sizes, activation=args.activation, init=args.init,
+        scale=args.init_scale, batch_norm=args.batch_norm))()
     tx = train.optimizer(args.lr, momentum=args.momentum,
                          clip_norm=None if args.no_clip_norm else args.clip_norm,
                          clip_value=args.clip_value)
@@ -271,6 +294,9 @@ def _fit(args: argparse.Namespace, ds: Any, xs: tuple[Any, Any], mesh: Any,
         warnings.formatwarning = format_warning  # a CheckpointWarning is one line
     config = train.FitConfig(batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
                              steps_per_dispatch=args.steps_per_dispatch,
+                             epochs_per_dispatch=args.epochs_per_dispatch,
+                             device_data_budget=None if args.device_data_mib is None
+                             else int(args.device_data_mib * 2**20),
                              log_every=args.log_every, taps=args.taps,
                              on_nonfinite=args.on_nonfinite,
                              max_consecutive_skips=args.max_skips)
@@ -359,6 +385,9 @@ def run(args: argparse.Namespace) -> int:
         The exit status.
     """
     is_main = _start(args)
+    from .._cache import enable_for_cli
+
+    enable_for_cli()  # a second run with the same shapes skips compiling
     out = _output_dir(args, is_main)  # before any work: a bad --out fails at once
     writer = _tensorboard_writer(args, is_main)  # likewise a bad --tensorboard
     ds, xs, mesh, devices = _prepare(args)

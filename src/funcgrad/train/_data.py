@@ -94,7 +94,7 @@ class DataPlan:
 
                 self.device_data = parallel.replicate((self.x, self.y), mesh)
             else:
-                self.device_data = (jnp.asarray(self.x), jnp.asarray(self.y))
+                self.device_data = jax.device_put((self.x, self.y))
         self._order: tuple[int, np.ndarray] | None = None
 
     def rows(self, key: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:

@@ -286,7 +286,10 @@ def _initial_state(params: Any, tx: Any, cfg: FitConfig, restore: tuple[Any, boo
     """The state at step 0, or restored from ``restore = (checkpoints, resume)`` with
     ``tx``'s hyperparameters; a copy, replicated over ``mesh`` when given."""
     checkpoints, resume = restore
-    state, resumed_from = init_state(params, tx, cfg.seed), None
+    # one compiled program (cached across runs) instead of an eager op per leaf; its
+    # outputs are new buffers, so the caller's params are never donated
+    state = jax.jit(lambda p: init_state(jax.tree.map(jnp.copy, p), tx, cfg.seed))(params)
+    resumed_from = None
     if resume:
         if checkpoints is None:
             raise ValueError("fit: argument 'resume' is True but 'checkpoints' is None; pass "
@@ -299,8 +302,8 @@ def _initial_state(params: Any, tx: Any, cfg: FitConfig, restore: tuple[Any, boo
             state = dataclasses.replace(state, opt_state=opt_state)
             if hooks.on_resume is not None:
                 hooks.on_resume(resumed_from, changed)
-    # the step donates its state: never donate buffers the caller still holds
-    state = jax.tree.map(lambda a: jnp.array(a, copy=True), state)
+            # the programs donate their state: never donate buffers the manager holds
+            state = jax.jit(lambda t: jax.tree.map(jnp.copy, t))(state)
     if mesh is not None:
         from .. import parallel
 

@@ -53,8 +53,10 @@ class Layout:
 
 def initial_control() -> dict[str, jax.Array]:
     """The control carry at the start of a run (or a resumed one)."""
-    return {"halted": jnp.zeros((), bool), "consecutive": jnp.zeros((), jnp.int32),
-            "bad": jnp.zeros((), bool)}
+    import numpy as np
+
+    return jax.device_put({"halted": np.zeros((), bool),
+                           "consecutive": np.zeros((), np.int32), "bad": np.zeros((), bool)})
 
 
 def _next_control(layout: Layout, ctrl: dict[str, jax.Array], finite: jax.Array,
