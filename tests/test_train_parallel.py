@@ -94,3 +94,66 @@ def test_two_process_training_on_localhost(tmp_path):
     assert not (tmp_path / "p1").exists()  # only process 0 writes
     assert "test_accuracy" in outs[0][0] and "test_accuracy" not in outs[1][0]  # and prints
     assert all("waiting for the coordinator" in out for out, _ in outs)
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import json, sys, functools
+    import jax, numpy as np
+    from funcgrad import nn, train, parallel
+    from funcgrad.checkpoint import CheckpointManager
+
+    assert len(jax.devices()) == 4
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=50).astype(np.int32)
+    apply = functools.partial(nn.mlp, activation="relu")
+    tx = train.optimizer(0.1, momentum=0.9, clip_norm=1.0)
+    params = nn.init_mlp(jax.random.PRNGKey(0), [6, 16, 3])
+    mesh = parallel.local_mesh()
+
+    class Stop(Exception):
+        pass
+
+    def crash(step, total, record):
+        if step >= 14:
+            raise Stop
+
+    def run(**kw):
+        return train.fit(params, (x, y), apply_fn=apply, tx=tx, batch_size=8, epochs=4,
+                         mesh=mesh, eval_data=(x, y), **kw)
+
+    def same(a, b):
+        return all(np.array_equal(np.asarray(u), np.asarray(v))
+                   for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    full, again = run(), run()
+    streamed = run(device_data_budget=0)
+    ck_dir = sys.argv[1]
+    with CheckpointManager(ck_dir, every=10) as ck:
+        try:
+            run(checkpoints=ck, progress=crash)
+        except Stop:
+            pass
+        crashed_at = ck.latest_step()
+    with CheckpointManager(ck_dir, every=10) as ck:
+        resumed = run(checkpoints=ck, resume=True)
+    print(json.dumps({"same_seed": same(full.state, again.state),
+                      "streamed": same(full.state, streamed.state),
+                      "crashed_at": crashed_at, "resumed_from": resumed.resumed_from,
+                      "resumed": same(full.state, resumed.state),
+                      "sharded": len(jax.tree.leaves(resumed.state.params)[0]
+                                     .sharding.device_set)}))
+""")
+
+
+@pytest.mark.slow
+def test_whole_epoch_programs_resume_bitwise_on_4_devices(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(tmp_path / "ck")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # 7 steps per epoch: whole-epoch programs end at 7, 14, ...; every=10 saves at 14
+    assert out == {"same_seed": True, "streamed": True, "crashed_at": 14,
+                   "resumed_from": 14, "resumed": True, "sharded": 4}

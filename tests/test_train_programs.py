@@ -1,0 +1,132 @@
+"""fit's compiled programs: the device shuffle equals the host's, device-resident and
+streamed data train bitwise alike, whole-epoch programs resume bitwise, and a second
+command-line run loads its programs from the persistent compilation cache."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from funcgrad import nn, train
+from funcgrad.train import _data
+
+SIZES = [6, 8, 3]
+APPLY = functools.partial(nn.mlp, activation="tanh")
+
+
+def _data_xy(n=22, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, SIZES[0])).astype(np.float32),
+            rng.integers(0, SIZES[-1], size=n).astype(np.int32))
+
+
+def _fit(**kw):
+    params = nn.init_mlp(jax.random.PRNGKey(0), SIZES)
+    kw.setdefault("tx", train.optimizer(0.1, momentum=0.9, clip_norm=1.0))
+    return train.fit(params, _data_xy(), apply_fn=APPLY, batch_size=8, epochs=4,
+                     eval_data=_data_xy(7, seed=1), **kw)
+
+
+def _same(a, b):
+    return all(np.array_equal(np.asarray(u), np.asarray(v))
+               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def test_device_order_is_the_host_order():
+    key = np.asarray(jax.random.PRNGKey(7))
+    n, b = 22, 8  # 3 steps per epoch, the last one wrapping around
+    order = jax.jit(lambda k, e: _data.device_order(k, e, 2, n, b))(key, jnp.int32(5))
+    host = np.concatenate([_data.epoch_order(key, e, n, b).ravel() for e in (5, 6)])
+    np.testing.assert_array_equal(np.asarray(order), host)
+    np.testing.assert_array_equal(_data.step_weights(2, n, b), [1] * 6 + [0] * 2)
+
+
+def test_device_resident_and_streamed_data_train_alike(monkeypatch):
+    resident = _fit(log_every=2)
+    streamed = _fit(log_every=2, device_data_budget=0)
+    assert _same(resident.state, streamed.state)
+    assert [h["train_loss"] for h in resident.history] == \
+        [h["train_loss"] for h in streamed.history]
+    assert resident.evals == streamed.evals
+    # streamed in programs of 2 steps (a budget of 2 batches), crossing epoch ends
+    monkeypatch.setattr(_data, "STREAM_BYTES", 2 * 8 * (6 * 4 + 4 + 4))
+    chunked = _fit(log_every=2, device_data_budget=0, wrap_step=chex.assert_max_traces(n=1))
+    assert _same(resident.state.params, chunked.state.params)
+
+
+def test_whole_epoch_programs_compile_once():
+    r = _fit(wrap_step=chex.assert_max_traces(n=1), log_every=1)
+    assert int(r.state.step) == 12
+    assert [e["epoch"] for e in r.evals] == [1, 2, 3, 4]
+
+
+def test_several_epochs_per_program_resume_bitwise(tmp_path):
+    from funcgrad.checkpoint import CheckpointManager
+
+    class Stop(Exception):
+        pass
+
+    def crash(step, total, record):
+        if step >= 6:
+            raise Stop
+
+    full = _fit(epochs_per_dispatch=2)
+    with CheckpointManager(tmp_path / "ck", every=5) as ck:
+        with pytest.raises(Stop):
+            _fit(epochs_per_dispatch=2, checkpoints=ck, progress=crash)
+        assert ck.latest_step() == 6  # the first program boundary past 5
+    with CheckpointManager(tmp_path / "ck", every=5) as ck:
+        resumed = _fit(epochs_per_dispatch=2, checkpoints=ck, resume=True)
+    assert resumed.resumed_from == 6
+    assert _same(full.state, resumed.state)
+    assert [e["epoch"] for e in full.evals] == [2, 4]  # at program boundaries
+
+
+def test_bad_budget_is_named():
+    with pytest.raises(ValueError, match="'device_data_budget' must be an int >= 0; got -1"):
+        train.FitConfig(device_data_budget=-1)
+    with pytest.raises(ValueError, match="'epochs_per_dispatch' must be an int >= 1; got 0"):
+        train.FitConfig(epochs_per_dispatch=0)
+
+
+CACHE_RUN = textwrap.dedent("""
+    import json, sys
+    from jax._src import monitoring
+    counts = {"hits": 0, "misses": 0}
+    def listen(event, **kw):
+        if event.endswith("/cache_hits"):
+            counts["hits"] += 1
+        elif event.endswith("/cache_misses"):
+            counts["misses"] += 1
+    monitoring.register_event_listener(listen)
+    from funcgrad.cli import main
+    rc = main(["train", "--epochs", "2", "--hidden", "8", "--no-progress"])
+    print(json.dumps({"rc": rc, **counts}))
+""")
+
+
+@pytest.mark.slow
+def test_a_second_cli_run_hits_the_compilation_cache(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "FUNCGRAD_CACHE_DIR": str(tmp_path / "c")}
+    env.pop("FUNCGRAD_COMPILATION_CACHE", None)
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", CACHE_RUN], env=env, text=True,
+                              capture_output=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["rc"] == second["rc"] == 0
+    assert first["hits"] == 0 and first["misses"] >= 3  # init, the epoch program, eval
+    assert second["misses"] == 0 and second["hits"] == first["misses"]
+    assert any((tmp_path / "c").iterdir())
