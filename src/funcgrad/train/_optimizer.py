@@ -283,37 +283,52 @@ def optimizer(
         raise ValueError(f"optimizer: argument 'momentum' must be in [0, 1); "
                          f"got {momentum!r}")
 
-    def clipped(clip_norm: Any, clip_value: Any) -> list[Any]:
-        parts = []
-        if clip_norm is not None:
-            parts.append(optax.clip_by_global_norm(clip_norm))
-        if clip_value is not None:
-            parts.append(optax.clip(clip_value))
-        return [*parts, measure_clipped_norm()]
-
     numbers = {
         "momentum": float(momentum) if momentum else None,
         "clip_norm": None if clip_norm is None else float(clip_norm),
         "clip_value": None if clip_value is None else float(clip_value),
     }
-    if not scheduled:
-        def chain(learning_rate, momentum, clip_norm, clip_value):
-            return optax.chain(*clipped(clip_norm, clip_value),
-                               optax.sgd(learning_rate, momentum=momentum))
+    if scheduled:
+        return _scheduled_optimizer(learning_rate, numbers)
 
-        return optax.inject_hyperparams(chain)(learning_rate=float(learning_rate), **numbers)
+    def chain(learning_rate, momentum, clip_norm, clip_value):
+        return optax.chain(*_clipped(clip_norm, clip_value),
+                           optax.sgd(learning_rate, momentum=momentum))
 
-    # the schedule's shape is closed over (a callable hyperparameter would be evaluated by
-    # inject_hyperparams); only the factor is a leaf of the state
+    return optax.inject_hyperparams(chain)(learning_rate=float(learning_rate), **numbers)
+
+
+def _clipped(clip_norm: Any, clip_value: Any) -> list[Any]:
+    """The clipping transformations, then :func:`measure_clipped_norm`."""
+    import optax
+
+    parts = []
+    if clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(clip_norm))
+    if clip_value is not None:
+        parts.append(optax.clip(clip_value))
+    return [*parts, measure_clipped_norm()]
+
+
+def _scheduled_optimizer(learning_rate: Schedule | Callable[[Any], Any],
+                         numbers: dict[str, float | None]) -> Any:
+    """:func:`optimizer` with a schedule: clip, momentum, then ``-factor * shape(count)``.
+
+    The schedule's shape is closed over (a callable hyperparameter would be evaluated by
+    ``inject_hyperparams``); only the factor is a leaf of the state.
+    """
+    import optax
+
     def scheduled_chain(factor, momentum, clip_norm, clip_value, shape):
         trace = [optax.trace(decay=momentum)] if momentum is not None else []
-        return optax.chain(*clipped(clip_norm, clip_value), *trace,
+        return optax.chain(*_clipped(clip_norm, clip_value), *trace,
                            _scale_by_scheduled_rate(factor, shape))
 
     if isinstance(learning_rate, Schedule):
+        shape = learning_rate.shape
+
         def peak_chain(peak_learning_rate, momentum, clip_norm, clip_value):
-            return scheduled_chain(peak_learning_rate, momentum, clip_norm, clip_value,
-                                   learning_rate.shape)
+            return scheduled_chain(peak_learning_rate, momentum, clip_norm, clip_value, shape)
 
         return optax.inject_hyperparams(peak_chain)(
             peak_learning_rate=float(learning_rate.peak), **numbers)
