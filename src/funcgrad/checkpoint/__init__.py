@@ -23,8 +23,12 @@ orbax not installed (:class:`OrbaxMissingError`). :func:`format_warning` prints 
 Orbax is an optional dependency (``pip install "funcgrad[checkpoint]"``, or
 ``pip install -e ".[checkpoint]"`` from a clone); it is imported only when a
 :class:`CheckpointManager` is created, so ``import funcgrad.checkpoint`` stays light.
-Checkpoints live on a local (or locally mounted) filesystem and are written by a single
-process. Modules: :mod:`~funcgrad.checkpoint.manager` (the policy),
+Checkpoints live on a local (or locally mounted, shared) filesystem. In a multi-process
+run (``jax.distributed``) every process saves and restores through its own manager on the
+same directory: orbax writes each process's shards, and process 0 holds the lock and
+writes the integrity records once the save is complete everywhere
+(:mod:`~funcgrad.checkpoint.processes`, ``_multihost``). Modules:
+:mod:`~funcgrad.checkpoint.manager` (the policy),
 :mod:`~funcgrad.checkpoint.steps` (verification cache and retention),
 :mod:`~funcgrad.checkpoint.integrity` (records and hashes),
 :mod:`~funcgrad.checkpoint.directory` (layout, lock, removal),

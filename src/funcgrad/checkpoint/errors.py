@@ -7,8 +7,10 @@ traceback. :func:`format_warning` does the same for :class:`CheckpointWarning`.
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
+from pathlib import Path
 
 __all__ = [
     "INSTALL_HINT",
@@ -17,8 +19,10 @@ __all__ = [
     "CheckpointWarning",
     "NoUsableCheckpointError",
     "OrbaxMissingError",
+    "filesystem_cause",
     "format_warning",
     "sanitize",
+    "save_error",
 ]
 
 INSTALL_HINT = (
@@ -151,3 +155,46 @@ def format_warning(
     if isinstance(category, type) and issubclass(category, CheckpointWarning):
         return f"{category.__name__}: {sanitize(message, limit=2000)}\n"
     return _default_formatwarning(message, category, filename, lineno, line)
+
+
+def filesystem_cause(e: BaseException) -> OSError | None:
+    """The OSError behind a failed save (itself, its ``__cause__``, or named in its text).
+
+    Args:
+        e: The exception a save raised.
+
+    Returns:
+        The OSError, or None when the failure is not a filesystem one.
+    """
+    seen: BaseException | None = e
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__
+    text = str(e)
+    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+        if os.strerror(code) in text:
+            return OSError(code, os.strerror(code))
+    return None
+
+
+def save_error(directory: Path, step: int, e: BaseException, cause: OSError) -> CheckpointError:
+    """The one-line error for a save that the filesystem refused.
+
+    Args:
+        directory: The checkpoint root.
+        step: The step being saved.
+        e: The original exception.
+        cause: Its OSError (:func:`filesystem_cause`).
+
+    Returns:
+        The :class:`CheckpointError` to raise.
+    """
+    hint = "; free some disk space" if cause.errno == errno.ENOSPC else ""
+    return CheckpointError(
+        f"CheckpointManager.save: could not write the checkpoint of step {step} to "
+        f"{str(directory)!r}: {sanitize(e)}; the partial save was removed and "
+        f"older checkpoints are kept{hint}"
+    )

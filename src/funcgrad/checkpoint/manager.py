@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import time
@@ -14,8 +13,16 @@ from typing import Any, TypeVar
 import jax
 
 from . import directory as _dir
+from ._multihost import restore_everywhere, save_everywhere
 from ._orbax import OrbaxStore, abstract_leaf, host_target, import_orbax
-from .errors import CheckpointError, CheckpointWarning, NoUsableCheckpointError, sanitize
+from .errors import (
+    CheckpointError,
+    CheckpointWarning,
+    NoUsableCheckpointError,
+    filesystem_cause,
+    sanitize,
+    save_error,
+)
 from .integrity import (
     RECORD_NAME,
     BadCheckpoint,
@@ -27,6 +34,7 @@ from .integrity import (
     read_record,
     template_signature,
 )
+from .processes import Processes
 from .steps import StepIndex
 
 __all__ = ["CheckpointManager"]
@@ -43,22 +51,6 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
-def _filesystem_cause(e: BaseException) -> OSError | None:
-    """The OSError behind a failed save (itself, its ``__cause__``, or named in its text)."""
-    seen: BaseException | None = e
-    for _ in range(8):
-        if seen is None:
-            break
-        if isinstance(seen, OSError):
-            return seen
-        seen = seen.__cause__
-    text = str(e)
-    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
-        if os.strerror(code) in text:
-            return OSError(code, os.strerror(code))
-    return None
-
-
 def _json_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
     try:
         return json.loads(json.dumps(dict(metadata or {})))
@@ -67,15 +59,6 @@ def _json_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
             "CheckpointManager.save: argument 'metadata' must be JSON-serialisable; "
             f"got {sanitize(e)}"
         ) from e
-
-
-def _save_error(directory: Path, step: int, e: BaseException, cause: OSError) -> CheckpointError:
-    hint = "; free some disk space" if cause.errno == errno.ENOSPC else ""
-    return CheckpointError(
-        f"CheckpointManager.save: could not write the checkpoint of step {step} to "
-        f"{str(directory)!r}: {sanitize(e)}; the partial save was removed and "
-        f"older checkpoints are kept{hint}"
-    )
 
 
 class CheckpointManager:
@@ -92,7 +75,9 @@ class CheckpointManager:
     One manager at a time may write to a directory: creating one takes an exclusive lock
     (released by :meth:`close`, or by the operating system when the process dies) and
     checks that the directory is writable, so a second run or a read-only path fails at
-    once with a one-line :class:`~funcgrad.checkpoint.CheckpointError`.
+    once with a one-line :class:`~funcgrad.checkpoint.CheckpointError`. In a multi-process
+    run every process creates its manager on the same directory and calls :meth:`save`
+    and :meth:`restore` together; process 0 holds the lock and writes funcgrad's records.
 
     Use as a context manager, or call :meth:`close` when done.
 
@@ -147,10 +132,13 @@ class CheckpointManager:
         self.read_only = bool(read_only)
         self._lock: _dir.DirectoryLock | None = None
         self._closed = False
+        self._procs = Processes()
         if not self.read_only:
             _dir.prepare_directory(self.directory)
-            self._lock = _dir.DirectoryLock(self.directory)
-            _dir.clear_trash(self.directory)  # leftovers of a prune that was killed
+            if self._procs.primary:  # in a multi-process run, process 0 holds the lock
+                self._lock = _dir.DirectoryLock(self.directory)
+                _dir.clear_trash(self.directory)  # leftovers of a prune that was killed
+            self._procs.barrier("opened")
         self._store = OrbaxStore(self.directory, ocp)
         self._steps = StepIndex(self.directory, self._store)
 
@@ -334,6 +322,8 @@ class CheckpointManager:
         if not force and not self.should_save(step, previous_step):
             return False
         metadata = _json_metadata(metadata)
+        if self._procs.multi:  # every process takes part; process 0 writes the record
+            return save_everywhere(self, step, state, metadata)
         if not self._steps.make_room(step):
             return False
         leaves = leaf_records(state)  # hashed before orbax sees the state
@@ -343,10 +333,10 @@ class CheckpointManager:
             # The step was absent or unusable before, so whatever is there now is ours.
             with contextlib.suppress(Exception):  # never mask the original error
                 self._steps.discard_failed(step)
-            cause = _filesystem_cause(e) if isinstance(e, Exception) else None
+            cause = filesystem_cause(e) if isinstance(e, Exception) else None
             if cause is None:
                 raise
-            raise _save_error(self.directory, step, e, cause) from e
+            raise save_error(self.directory, step, e, cause) from e
         # The record was just built from these very files: cache the verdict rather than
         # hashing everything a second time.
         self._steps.mark_good(step)
@@ -409,6 +399,8 @@ class CheckpointManager:
                     f"CheckpointManager.restore: argument 'step' names no checkpoint; "
                     f"expected one of {sorted(steps)}, got {step} (in {str(self.directory)!r})"
                 )
+            if self._procs.multi:
+                return restore_everywhere(self, template, step)
             try:
                 return self._restore_step(template, step), step
             except BadCheckpoint as e:
@@ -418,6 +410,8 @@ class CheckpointManager:
                 f"CheckpointManager.restore: no checkpoints in {str(self.directory)!r}; "
                 "expected step directories written by CheckpointManager.save, got none"
             )
+        if self._procs.multi:  # the same step on every process
+            return restore_everywhere(self, template, None)
         tried: dict[int, str] = {}
         for s in sorted(steps, reverse=True):
             try:

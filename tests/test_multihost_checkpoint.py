@@ -1,0 +1,118 @@
+"""CheckpointManager in a two-process JAX run on localhost (as jax.distributed runs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("orbax.checkpoint")
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys, warnings
+    pid, port, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    import jax
+    jax.distributed.initialize(f"127.0.0.1:{port}", 2, pid)
+    import numpy as np
+    from jax.experimental import multihost_utils
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from funcgrad.checkpoint import CheckpointManager, CheckpointWarning, RECORD_NAME
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    rep, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    def full(k):
+        return np.arange(12, dtype=np.float32).reshape(4, 3) + k
+
+    def state(k):
+        put = lambda shape, sharding, value: jax.make_array_from_callback(
+            shape, sharding, lambda i: np.asarray(value)[i])
+        return {"w": put((4, 3), rep, full(k)),           # replicated (data parallel)
+                "rows": put((4, 3), rows, 10 * full(k)),  # sharded over the processes
+                "step": put((), rep, np.int32(k))}
+
+    def mine(restored, k):
+        ok = np.array_equal(np.asarray(restored["w"].addressable_data(0)), full(k))
+        ok &= int(np.asarray(restored["step"].addressable_data(0))) == k
+        for shard in restored["rows"].addressable_shards:
+            ok &= np.array_equal(np.asarray(shard.data), (10 * full(k))[shard.index])
+        return bool(ok)
+
+    out = {"pid": pid}
+    with CheckpointManager(root, keep=2, every=2) as m:
+        for k in range(1, 7):
+            m.save(k, state(k), metadata={"k": k})
+        out["steps"] = m.all_steps()
+    multihost_utils.sync_global_devices("saved")
+    with CheckpointManager(root, keep=2, every=2) as m:
+        restored, s = m.resume(state(0))
+        out["resumed"] = [s, mine(restored, s),
+                          restored["w"].sharding.is_fully_replicated,
+                          len(restored["rows"].addressable_shards)]
+        record = json.loads(open(os.path.join(root, str(s), RECORD_NAME)).read())
+        out["record_files"] = sorted(record["files"])
+        out["record_leaves"] = {x["path"]: x["sha256"] is not None for x in record["leaves"]}
+        out["metadata"] = m.metadata(s)
+        if pid == 0:  # garble the newest step's data on the shared disk
+            victim = max((os.path.join(r, f) for r, _, fs in os.walk(os.path.join(root, "6"))
+                          for f in fs if f != RECORD_NAME), key=os.path.getsize)
+            with open(victim, "r+b") as f:
+                f.seek(0)
+                f.write(b"garbage!" * 4)
+        multihost_utils.sync_global_devices("garbled")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            restored, s = m.restore(state(0))
+        out["fallback"] = [s, mine(restored, s)]
+        out["warned"] = [str(w.message) for w in caught if issubclass(w.category,
+                                                                       CheckpointWarning)]
+    print("RESULT " + json.dumps(out), flush=True)
+""")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_save_and_restore_through_checkpoint_manager(tmp_path):
+    root = tmp_path / "ckpt"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    port = str(_port())
+    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(i), port, str(root)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=240))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    results = []
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+        line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
+        results.append(json.loads(line[len("RESULT "):]))
+    for r in results:
+        assert r["steps"] == [4, 6]  # every=2, keep=2: steps 2 was pruned, odd ones skipped
+        assert r["resumed"] == [6, True, True, 1]
+        assert r["metadata"] == {"k": 6}
+        # the record was written after both processes' shards were on disk
+        assert any("process_0" in f for f in r["record_files"])
+        assert any("process_1" in f for f in r["record_files"])
+        # replicated leaves are hashed from each process's copy; the sharded one is not
+        assert r["record_leaves"] == {"['rows']": False, "['step']": True, "['w']": True}
+        assert r["fallback"] == [4, True]  # both processes fall back to the same step
+        assert any("step 6" in w for w in r["warned"]), r["warned"]
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["4", "6"]
+    assert (root / ".funcgrad.lock").exists()
