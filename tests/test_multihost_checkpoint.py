@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -116,3 +117,79 @@ def test_two_processes_save_and_restore_through_checkpoint_manager(tmp_path):
         assert any("step 6" in w for w in r["warned"]), r["warned"]
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["4", "6"]
     assert (root / ".funcgrad.lock").exists()
+
+
+FIT = textwrap.dedent("""
+    import json, functools, os, signal, sys
+    pid, port, root, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    import jax
+    jax.distributed.initialize(f"127.0.0.1:{port}", 2, pid)
+    import numpy as np
+    from funcgrad import nn, parallel, train
+    from funcgrad.checkpoint import CheckpointManager
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=64).astype(np.int32)
+    params = nn.init_mlp(jax.random.PRNGKey(0), [6, 16, 3])
+    tx = train.optimizer(0.1, momentum=0.9, clip_norm=1.0)
+
+    def progress(step, total, record):  # process 1 dies by SIGKILL past the save of 16
+        if mode == "kill" and pid == 1 and step >= 20:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    with CheckpointManager(root, keep=2, every=16) as ckpt:
+        result = train.fit(params, (x, y), apply_fn=functools.partial(nn.mlp, activation="relu"),
+                           tx=tx, batch_size=8, epochs=4, seed=0, checkpoints=ckpt,
+                           resume=mode == "resume", mesh=parallel.local_mesh(jax.devices()),
+                           hooks=train.FitHooks(progress=progress))
+        steps = ckpt.all_steps()
+    host = lambda a: np.asarray(a.addressable_data(0))
+    print("RESULT " + json.dumps({
+        "resumed_from": result.resumed_from, "steps": steps,
+        "step": int(host(result.state.step)),
+        "state": [host(a).tobytes().hex() for a in jax.tree.leaves(result.state)]}), flush=True)
+""")
+
+
+def _pair(mode: str, root, timeout: float = 240) -> list[dict]:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    port = str(_port())
+    procs = [subprocess.Popen([sys.executable, "-c", FIT, str(i), port, str(root), mode],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    try:
+        if mode == "kill":
+            procs[1].wait(timeout=timeout)
+            assert procs[1].returncode == -signal.SIGKILL, procs[1].stderr.read()[-3000:]
+            procs[0].kill()  # its partner is gone: kill -9 the survivor too
+            procs[0].wait(timeout=60)
+            return []
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    results = []
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+        line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
+        results.append(json.loads(line[len("RESULT "):]))
+    return results
+
+
+@pytest.mark.slow
+def test_two_process_fit_killed_and_resumed_ends_bitwise_equal(tmp_path):
+    """kill -9 one process of a two-process data-parallel fit, restart both with resume."""
+    plain = _pair("plain", tmp_path / "plain")
+    assert plain[0]["steps"] == [16, 32] and plain[0]["step"] == 32
+    assert plain[0]["state"] == plain[1]["state"]  # replicated
+    _pair("kill", tmp_path / "killed")
+    saved = sorted(p.name for p in (tmp_path / "killed").iterdir() if p.name.isdigit())
+    assert saved == ["16"], saved  # steps 17 to 20 or more were done and lost
+    resumed = _pair("resume", tmp_path / "killed")
+    for r in resumed:
+        assert r["resumed_from"] == 16 and r["step"] == 32 and r["steps"] == [16, 32]
+        assert r["state"] == plain[0]["state"]  # bitwise: params, optimizer state, step, key
