@@ -267,17 +267,19 @@ def initial_loss_scale(p: Policy, initial: float = 2.0 ** 15, *,
     return LossScale.create(initial, period=period) if p.needs_loss_scale else None
 
 
-def scaled_loss(loss_fn: Callable, scale: Any) -> Callable:
-    """``(params, batch) -> (scale * loss, (loss, aux))``, to differentiate.
+def scaled_loss(loss_fn: Callable) -> Callable:
+    """``(params, batch, scale) -> (scale * loss, (loss, aux))``, to differentiate.
+
+    The scale is an argument, not a constant, so one traced function serves every scale
+    (with :func:`funcgrad.flow.taps.tapped_value_and_grad` too: it passes it through).
 
     Args:
         loss_fn: ``loss_fn(params, batch) -> (loss, aux)``.
-        scale: the loss scale (a float32 scalar, traced or not).
 
     Returns:
         The scaled loss function, ``has_aux`` style.
     """
-    def fn(params: Any, batch: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+    def fn(params: Any, batch: Any, scale: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
         loss, aux = loss_fn(params, batch)
         loss = jnp.asarray(loss)
         return loss * jnp.asarray(scale, loss.dtype), (loss, aux)
@@ -326,12 +328,12 @@ def scaled_value_and_grad(loss_fn: Callable, p: Policy) -> Callable:
         (dtype('float32'), 36.0, dtype('float32'), 24.0)
     """
     wrapped = wrap_loss(loss_fn, p)
+    scaled_grad = jax.value_and_grad(scaled_loss(wrapped), has_aux=True)
 
     def fn(params: Any, batch: Any, loss_scale: LossScale | None) -> tuple[Any, Any]:
         if loss_scale is None:
             value, grads = jax.value_and_grad(wrapped, has_aux=True)(params, batch)
             return value, unscale(grads, 1.0)
-        (_, value), grads = jax.value_and_grad(scaled_loss(wrapped, loss_scale.scale),
-                                               has_aux=True)(params, batch)
+        (_, value), grads = scaled_grad(params, batch, loss_scale.scale)
         return value, unscale(grads, loss_scale.scale)
     return fn
