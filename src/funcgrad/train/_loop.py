@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 import warnings
@@ -241,15 +242,37 @@ def _placer(mesh: Any) -> Callable[[Any, int], Any]:
     return lambda batch, axis: parallel.place_batch(batch, mesh, axis)
 
 
-def _programs(loss_fn: Callable, tx: Any, cfg: FitConfig, hooks: FitHooks, n: int,
+#: The programs of recent ``fit`` calls, so that fitting the same model again in the
+#: same process neither traces nor compiles (bounded; keys hold their objects alive, so
+#: an ``id`` is never reused while its entry exists).
+_REUSE: collections.OrderedDict[Any, Programs] = collections.OrderedDict()
+_REUSE_SIZE = 8
+
+
+def _programs(loss: tuple[Any, Callable], tx: Any, cfg: FitConfig, hooks: FitHooks, n: int,
               mesh: Any) -> Programs:
+    """The compiled programs for this run: reused from an earlier call with the same loss
+    (``loss = (what identifies it, loss_fn)``), optimizer, shapes and hooks."""
     layout = Layout(n=n, batch_size=cfg.batch_size, log_every=cfg.log_every,
                     stop_on_nonfinite=cfg.on_nonfinite == "stop",
                     max_skips=cfg.max_consecutive_skips)
-    return Programs(loss_fn, tx, layout,
-                    stats_fn=None if hooks.flow is None else hooks.flow.measure,
-                    histogram_bins=getattr(hooks.writer, "histogram_bins", 0),
-                    taps=cfg.taps, wrap=hooks.wrap_step, mesh=mesh)
+    bins = getattr(hooks.writer, "histogram_bins", 0)
+    key: Any = (loss[0], tx, layout, hooks.flow, bins, cfg.taps, hooks.wrap_step, mesh)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable optimizer or hook: build afresh
+        key = None
+    if key is not None and key in _REUSE:
+        _REUSE.move_to_end(key)
+        return _REUSE[key]
+    programs = Programs(loss[1], tx, layout,
+                        stats_fn=None if hooks.flow is None else hooks.flow.measure,
+                        histogram_bins=bins, taps=cfg.taps, wrap=hooks.wrap_step, mesh=mesh)
+    if key is not None:
+        _REUSE[key] = programs
+        while len(_REUSE) > _REUSE_SIZE:
+            _REUSE.popitem(last=False)
+    return programs
 
 
 def _finish(run: _Run, programs: Programs, checkpoints: Any, chunks: Any,
@@ -374,8 +397,10 @@ def fit(
         raise TypeError("fit: argument 'apply_fn' (for the default classification loss) or "
                         "'loss_fn' is required; got neither")
     data, held_out = _datasets(train, eval_data, None if loss_fn else (apply_fn, params))
-    loss_fn = classification_loss(apply_fn) if loss_fn is None else loss_fn
-    programs = _programs(loss_fn, tx, cfg, hooks, len(data[0]), mesh)
+    loss = (("classification_loss", apply_fn), classification_loss(apply_fn)) \
+        if loss_fn is None else (loss_fn, loss_fn)
+    loss_fn = loss[1]
+    programs = _programs(loss, tx, cfg, hooks, len(data[0]), mesh)
     state, resumed_from = _initial_state(params, tx, cfg, (checkpoints, resume), mesh, hooks)
     put = _placer(mesh)
     plan = DataPlan(data, cfg.batch_size, cfg.device_data_budget, mesh, put)
