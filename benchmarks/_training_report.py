@@ -12,6 +12,10 @@ TARGETS = {  # name: (comparison, target, unit)
     "large_time_over_plain": ("<=", 1.05, ""),
     "compile_small_s": ("<", 1.0, " s"),
     "compile_large_s": ("<", 1.0, " s"),
+    "fit_over_step": (">=", 0.8, "x"),
+    "fit_large_time_over_step": ("<=", 1.05, ""),
+    "cli_over_torch": (">=", 2.0, "x"),
+    "digits_speedup": (">=", 3.0, "x"),
 }
 
 
@@ -63,6 +67,8 @@ def rows_for(results):
         r = g["time_over_plain"]
         add("large", "funcgrad step time / plain jax.nn step time", "large_time_over_plain",
             r["median"], "{:.3f}", iqr(r, "{:.3f}"))
+    if "fit" in results:
+        _fit_rows(results["fit"], add, iqr)
     if "compile" in results:
         for name in ("small", "large"):
             c = results["compile"][name]
@@ -71,3 +77,25 @@ def rows_for(results):
                 "{:.3f} s")
     return rows
 
+
+
+def _fit_rows(f, add, iqr):
+    s, g = f["small"], f["large"]
+    add("fit", "fit steps/s / fused step steps/s, first call (compile included)",
+        "fit_over_step", s["first_call_over_step"], "{:.3f}x")
+    r = s["fit_over_step"]
+    add("fit", "fit steps/s / fused step steps/s, repeated calls (programs reused)",
+        "fit_over_step", r["median"], "{:.3f}x", iqr(r, "{:.3f}"))
+    add("fit", "large: fit time / step time, first call (compile included)",
+        "fit_large_time_over_step", 1 / g["first_call_over_step"], "{:.3f}")
+    r = g["fit_over_step"]
+    add("fit", "large: fit time / step time, repeated calls",
+        "fit_large_time_over_step", 1 / r["median"], "{:.3f}")
+    c = f["cli_3600"]
+    add("fit", f"funcgrad train 3,600 steps, warm cache ({c['warm_steps_per_s']:,.0f} "
+        f"steps/s end to end; cold {c['cold_steps_per_s']:,.0f}) / torch eager steps/s",
+        "cli_over_torch", f["cli_over_torch"], "{:.2f}x")
+    r = f["digits_speedup"]
+    add("fit", "funcgrad train (digits defaults) end to end: baseline time / now (warm "
+        "cache)", "digits_speedup", None if r is None else r["median"], "{:.2f}x",
+        "" if r is None else iqr(r, "{:.2f}"))

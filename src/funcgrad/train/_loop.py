@@ -19,7 +19,7 @@ from ._config import FitConfig, FitHooks, FitResult, split_options
 from ._data import DataPlan
 from ._nonfinite import nonfinite_report
 from ._programs import Layout, Programs, eval_chunks, initial_control
-from ._step import TrainState, classification_loss, init_state
+from ._step import TrainState, classification_loss
 
 __all__ = ["FitConfig", "FitHooks", "FitResult", "fit"]
 
@@ -304,14 +304,14 @@ def _use_hyperparameters(restored: Any, fresh: Any) -> tuple[Any, dict[str, tupl
     return restored._replace(hyperparams={**old, **{k: new[k] for k in changed}}), changed
 
 
-def _initial_state(params: Any, tx: Any, cfg: FitConfig, restore: tuple[Any, bool],
-                   mesh: Any, hooks: FitHooks) -> tuple[TrainState, int | None]:
-    """The state at step 0, or restored from ``restore = (checkpoints, resume)`` with
-    ``tx``'s hyperparameters; a copy, replicated over ``mesh`` when given."""
+def _initial_state(params: Any, programs: Programs, cfg: FitConfig,
+                   restore: tuple[Any, bool], mesh: Any,
+                   hooks: FitHooks) -> tuple[TrainState, int | None]:
+    """The state at step 0 (``init_state``'s, built by one program), or restored from
+    ``restore = (checkpoints, resume)`` with ``tx``'s hyperparameters; a copy, replicated
+    over ``mesh`` when given."""
     checkpoints, resume = restore
-    # one compiled program (cached across runs) instead of an eager op per leaf; its
-    # outputs are new buffers, so the caller's params are never donated
-    state = jax.jit(lambda p: init_state(jax.tree.map(jnp.copy, p), tx, cfg.seed))(params)
+    state = programs.init(params, jax.random.PRNGKey(cfg.seed))
     resumed_from = None
     if resume:
         if checkpoints is None:
@@ -401,7 +401,8 @@ def fit(
         if loss_fn is None else (loss_fn, loss_fn)
     loss_fn = loss[1]
     programs = _programs(loss, tx, cfg, hooks, len(data[0]), mesh)
-    state, resumed_from = _initial_state(params, tx, cfg, (checkpoints, resume), mesh, hooks)
+    state, resumed_from = _initial_state(params, programs, cfg, (checkpoints, resume), mesh,
+                                         hooks)
     put = _placer(mesh)
     plan = DataPlan(data, cfg.batch_size, cfg.device_data_budget, mesh, put)
     chunks = None if held_out is None else eval_chunks(held_out, cfg.batch_size, mesh, put)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from ._data import device_order, step_weights
-from ._step import _step_body, eval_body
+from ._step import TrainState, _step_body, eval_body
 
 __all__ = ["Layout", "Programs", "eval_chunks", "initial_control"]
 
@@ -92,6 +92,11 @@ class Programs:
         self.mesh = options.get("mesh")
         self.cache: dict[tuple[int, int, bool], Callable] = {}
         self.eval = _eval_program(loss_fn)
+        # the initial state in one program (not an eager op per leaf); its outputs are new
+        # buffers, so the caller's params are never donated
+        self.init = jax.jit(lambda params, key: TrainState(
+            params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
+            step=jnp.zeros((), jnp.int32), key=key, skipped=jnp.zeros((), jnp.int32)))
 
     def get(self, length: int, epochs: int, streamed: bool) -> Callable:
         """The program of ``length`` steps spanning ``epochs`` epochs (compiled on first use)."""

@@ -1,0 +1,200 @@
+"""Section 5 of ``benchmarks/training.py``: ``fit`` and ``funcgrad train`` end to end.
+
+* ``fit`` over 3,000 steps of the 64-128-128-10 MLP at batch 128 (12 steps per epoch,
+  250 epochs) against the pure fused step (``make_fused_steps``, K = 100, the same number
+  of steps over device batches, compiled beforehand). Target: fit steps/s >= 0.8x the
+  fused step's, judged twice: on fit's first call in the process (trace and compile
+  included, no persistent cache in this process) and on the interleaved repeated calls
+  (which reuse the first call's programs: startup, device placement, evaluation, logging
+  included, no compile).
+* the same for the 784-1024-1024-10 MLP at batch 1024 (8 steps per epoch, 5 epochs)
+  against ``make_train_step`` called per step. Target: fit time <= 1.05x (within 5%).
+* ``funcgrad train --epochs 300 --batch-size 128 --hidden 128 --depth 2`` (digits: 1,438
+  training examples, 12 steps per epoch, 3,600 steps) end to end in a subprocess, wall time
+  from outside; first a cold compilation cache, then warm runs. Target: >= 2x torch eager's
+  steps/s on the same model, when torch is importable (else n/a).
+* ``funcgrad train`` with its defaults (the digits run), this tree with a warm cache
+  against the baseline revision (``git archive`` of ``--baseline-rev``), interleaved.
+  Target: >= 3x faster end to end.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from _timing import (
+    CLIP,
+    LR,
+    fresh,
+    import_torch,
+    interleave,
+    make_batches,
+    paired,
+    summary,
+    torch_trainer,
+)
+
+from funcgrad import nn, train
+
+REPO = Path(__file__).resolve().parents[1]
+CLI_RUN = ["train", "--epochs", "300", "--batch-size", "128", "--hidden", "128", "--depth",
+           "2", "--no-progress"]
+CLI_STEPS = 300 * 12
+
+
+def _data(sizes, n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, sizes[0]), dtype=np.float32)
+    return x, rng.integers(0, sizes[-1], n, dtype=np.int32)
+
+
+def fit_vs_step(sizes, batch, epochs, per_epoch, reps, fused_k, log):
+    """fit (compile included) against the pure compiled step over the same step count."""
+    tx = train.optimizer(LR, clip_norm=CLIP)
+    params = nn.init_mlp(jax.random.PRNGKey(0), sizes)
+    x, y = _data(sizes, batch * per_epoch)
+    steps = epochs * per_epoch
+    loss_fn = train.classification_loss(nn.mlp)
+    k = fused_k or 1
+    xs, ys, ws = make_batches(sizes, batch, k)
+    if fused_k:
+        step, data = train.make_fused_steps(loss_fn, tx), jax.device_put((xs, ys, ws))
+    else:
+        step, data = train.make_train_step(loss_fn, tx), jax.device_put((xs[0], ys[0], ws[0]))
+    state = {"s": train.init_state(fresh(params), tx)}
+
+    def run_step():
+        st = state["s"]
+        for _ in range(steps // k):
+            st, _m = step(st, data)
+        jax.block_until_ready(st)
+        state["s"] = st
+        return steps
+
+    def run_fit():
+        r = train.fit(params, (x, y), apply_fn=nn.mlp, tx=tx, batch_size=batch,
+                      epochs=epochs, log_every=50)
+        assert int(r.state.step) == steps
+        return steps
+
+    run_step()  # compile the pure step
+    t0 = time.perf_counter()
+    run_fit()  # the first call in this process traces and compiles (no persistent cache)
+    first = (time.perf_counter() - t0) / steps
+    t0 = time.perf_counter()
+    run_step()
+    step_now = (time.perf_counter() - t0) / steps
+    log(f"fit, first call (compile included): {first * 1e6:8.1f} us/step = "
+        f"{1 / first:8,.0f} steps/s; the step just after: {step_now * 1e6:.1f} us/step; "
+        f"ratio {step_now / first:.3f}")
+    times = interleave({"step": run_step, "fit": run_fit}, reps)  # fit: programs reused
+    for name, t in times.items():
+        log(f"{name:5s}: median {statistics.median(t) * 1e6:8.1f} us/step = "
+            f"{1 / statistics.median(t):8,.0f} steps/s over {steps} steps")
+    ratio = summary(paired(times, "fit", "step"))  # step time / fit time = fit speed share
+    log(f"fit steps/s / step steps/s: median {ratio['median']:.3f} "
+        f"(IQR {ratio['q25']:.3f}-{ratio['q75']:.3f})")
+    return {"steps": steps, "s_per_step": {k_: summary(v) for k_, v in times.items()},
+            "fit_over_step": ratio, "first_call_s_per_step": first,
+            "first_call_over_step": step_now / first}
+
+
+def _cli(src: Path, argv: list[str], cache: Path, use_cache: bool = True) -> float:
+    env = {**os.environ, "PYTHONPATH": str(src), "FUNCGRAD_CACHE_DIR": str(cache),
+           "FUNCGRAD_COMPILATION_CACHE": "1" if use_cache else "0"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "funcgrad.cli", *argv], env=env,
+                          capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"funcgrad {' '.join(argv)} failed: {proc.stderr[-1500:]}")
+    return wall
+
+
+def baseline_tree(rev: str, into: Path) -> Path | None:
+    """``src/`` of the baseline revision, extracted with ``git archive`` (or ``None``)."""
+    tar = into / "base.tar"
+    try:
+        with open(tar, "wb") as fh:
+            subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], stdout=fh,
+                           check=True, stderr=subprocess.PIPE)
+        with tarfile.open(tar) as tf:
+            tf.extractall(into, filter="data")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return into / "src"
+
+
+def torch_steps_per_s(reps: int) -> float | None:
+    """torch eager steps/s on the CLI's model (64-128-128-10, batch 128), or ``None``."""
+    torch = import_torch()
+    if torch is None:
+        return None
+    sizes = (64, 128, 128, 10)
+    _, tstep = torch_trainer(torch, nn.init_mlp(jax.random.PRNGKey(0), sizes))
+    xs, ys, _ = make_batches(sizes, 128, 50)
+    tx_in = [torch.from_numpy(a) for a in xs]
+    tx_out = [torch.from_numpy(a.astype(np.int64)) for a in ys]
+    best = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for xb, yb in zip(tx_in, tx_out, strict=True):
+            tstep(xb, yb)
+        best.append(50 / (time.perf_counter() - t0))
+    return statistics.median(best)
+
+
+def cli_runs(reps: int, baseline_rev: str, log) -> dict:
+    """The CLI rows: the 3,600-step run (cold, then warm), the digits default vs baseline."""
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src, cache = REPO / "src", tmp / "cache"
+        cold = _cli(src, CLI_RUN, cache)
+        warm = [_cli(src, CLI_RUN, cache) for _ in range(reps)]
+        out["cli_3600"] = {"cold_s": cold, "warm_s": summary(warm),
+                           "warm_steps_per_s": CLI_STEPS / statistics.median(warm),
+                           "cold_steps_per_s": CLI_STEPS / cold}
+        log(f"funcgrad train {' '.join(CLI_RUN[1:])}: cold cache {cold:.2f} s "
+            f"({CLI_STEPS / cold:,.0f} steps/s end to end), warm median "
+            f"{statistics.median(warm):.2f} s ({CLI_STEPS / statistics.median(warm):,.0f} "
+            f"steps/s); all warm " + ", ".join(f"{w:.2f}" for w in warm))
+        torch_sps = torch_steps_per_s(reps)
+        out["torch_steps_per_s"] = torch_sps
+        out["cli_over_torch"] = None if torch_sps is None else \
+            out["cli_3600"]["warm_steps_per_s"] / torch_sps
+        base = baseline_tree(baseline_rev, tmp)
+        if base is None:
+            log(f"baseline {baseline_rev}: git archive failed; digits comparison skipped")
+            out["digits_speedup"] = None
+            return out
+        _cli(src, ["train", "--no-progress"], cache)  # warm the cache for this shape
+        times = interleave({"baseline": lambda: _cli(base, ["train", "--no-progress"],
+                                                     tmp / "none", use_cache=False),
+                            "now": lambda: _cli(src, ["train", "--no-progress"], cache)},
+                           reps)
+        ratio = summary(paired(times, "now", "baseline"))
+        out["digits"] = {k: summary(v) for k, v in times.items()}
+        out["digits_speedup"] = ratio
+        log(f"funcgrad train (digits defaults), end to end: baseline {baseline_rev} median "
+            f"{statistics.median(times['baseline']):.2f} s, now (warm cache) "
+            f"{statistics.median(times['now']):.2f} s; speed-up median {ratio['median']:.2f}x "
+            f"(IQR {ratio['q25']:.2f}-{ratio['q75']:.2f})")
+    return out
+
+
+def bench_fit(reps: int, baseline_rev: str, log) -> dict:
+    log(f"\n=== 5. fit and funcgrad train end to end, {reps} interleaved repetitions ===")
+    res = {"small": fit_vs_step((64, 128, 128, 10), 128, 250, 12, reps, 100, log)}
+    res["large"] = fit_vs_step((784, 1024, 1024, 10), 1024, 5, 8, max(3, reps // 2), 0, log)
+    res.update(cli_runs(reps, baseline_rev, log))
+    return res
