@@ -178,10 +178,11 @@ def cli_runs(reps: int, baseline_rev: str, log) -> dict:
             out["digits_speedup"] = None
             return out
         _cli(src, ["train", "--no-progress"], cache)  # warm the cache for this shape
-        times = interleave({"baseline": lambda: _cli(base, ["train", "--no-progress"],
-                                                     tmp / "none", use_cache=False),
-                            "now": lambda: _cli(src, ["train", "--no-progress"], cache)},
-                           reps)
+        def once(tree, where, use_cache):  # interleave divides by the work done: 1 run
+            return lambda: _cli(tree, ["train", "--no-progress"], where, use_cache) and 1
+
+        times = interleave({"baseline": once(base, tmp / "none", False),
+                            "now": once(src, cache, True)}, reps)
         ratio = summary(paired(times, "now", "baseline"))
         out["digits"] = {k: summary(v) for k, v in times.items()}
         out["digits_speedup"] = ratio

@@ -70,6 +70,7 @@ def test_whole_epoch_programs_compile_once():
     assert [e["epoch"] for e in r.evals] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_several_epochs_per_program_resume_bitwise(tmp_path):
     from funcgrad.checkpoint import CheckpointManager
 
