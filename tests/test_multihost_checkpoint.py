@@ -9,10 +9,15 @@ import socket
 import subprocess
 import sys
 import textwrap
+import warnings
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 pytest.importorskip("orbax.checkpoint")
+
+from funcgrad.checkpoint import CheckpointManager, CheckpointWarning  # noqa: E402
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys, warnings
@@ -59,7 +64,8 @@ SCRIPT = textwrap.dedent("""
         out["record_files"] = sorted(record["files"])
         out["record_leaves"] = {x["path"]: x["sha256"] is not None for x in record["leaves"]}
         out["metadata"] = m.metadata(s)
-        if pid == 0:  # garble the newest step's data on the shared disk
+        multihost_utils.sync_global_devices("read")  # both have read step 6 ...
+        if pid == 0:  # ... before process 0 garbles its data on the shared disk
             victim = max((os.path.join(r, f) for r, _, fs in os.walk(os.path.join(root, "6"))
                           for f in fs if f != RECORD_NAME), key=os.path.getsize)
             with open(victim, "r+b") as f:
@@ -117,6 +123,17 @@ def test_two_processes_save_and_restore_through_checkpoint_manager(tmp_path):
         assert any("step 6" in w for w in r["warned"]), r["warned"]
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["4", "6"]
     assert (root / ".funcgrad.lock").exists()
+    # a different process count: this single process reads what two processes wrote
+    # the template's shardings (this process's one device) decide the layout
+    template = {"rows": jnp.zeros((4, 3)), "step": jnp.int32(0), "w": jnp.zeros((4, 3))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CheckpointWarning)  # step 6 was garbled above
+        with CheckpointManager(root, read_only=True) as m:
+            restored, step = m.restore(template)
+    full = np.arange(12, dtype=np.float32).reshape(4, 3) + 4
+    assert step == 4 and int(restored["step"]) == 4
+    np.testing.assert_array_equal(np.asarray(restored["w"]), full)
+    np.testing.assert_array_equal(np.asarray(restored["rows"]), 10 * full)
 
 
 FIT = textwrap.dedent("""
