@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import os
 import pathlib
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,13 @@ settings.register_profile(
     "dev", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# funcgrad train/check turn on JAX's persistent compilation cache (and, called in-process,
+# keep it on for the rest of that test process): the suite keeps its own per-user cache,
+# so it never writes to the user's ~/.cache and a second run of the suite loads its
+# programs instead of compiling them. FUNCGRAD_COMPILATION_CACHE=0 turns it off.
+os.environ.setdefault("FUNCGRAD_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"funcgrad-tests-{getattr(os, 'getuid', lambda: 0)()}", "jax"))
 
 
 def builtin_names() -> list[str]:
