@@ -210,3 +210,71 @@ def test_two_process_fit_killed_and_resumed_ends_bitwise_equal(tmp_path):
     for r in resumed:
         assert r["resumed_from"] == 16 and r["step"] == 32 and r["steps"] == [16, 32]
         assert r["state"] == plain[0]["state"]  # bitwise: params, optimizer state, step, key
+
+
+def _cli_refuses_multihost_checkpoints() -> bool:
+    import inspect
+
+    from funcgrad.cli import train as cli_train
+
+    return "single-process for now" in inspect.getsource(cli_train)
+
+
+def _cli_pair(root, port: str, *extra: str) -> list[subprocess.Popen]:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    return [subprocess.Popen(
+        [sys.executable, "-m", "funcgrad.cli", "train", "--coordinator", f"127.0.0.1:{port}",
+         "--num-processes", "2", "--process-id", str(i), "--data-parallel", "--epochs", "12",
+         "--hidden", "32", "--no-progress", "--checkpoint-dir", str(root),
+         "--checkpoint-every", "135", "--keep-checkpoints", "2", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def _finish(procs: list[subprocess.Popen]) -> None:
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+
+
+def _final_leaves(root) -> list:
+    record = json.loads((root / "540" / "funcgrad_integrity.json").read_text())
+    return [(x["path"], x["sha256"]) for x in record["leaves"]]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_cli_refuses_multihost_checkpoints(),
+                    reason="funcgrad train still refuses --checkpoint-dir with --coordinator")
+def test_cli_two_processes_killed_and_resumed_end_bitwise_equal(tmp_path):
+    """`funcgrad train --coordinator ... --checkpoint-dir`: kill -9 one process mid-run,
+    restart both with --resume, end bitwise equal to an uninterrupted two-process run."""
+    import time
+
+    _finish(_cli_pair(tmp_path / "plain", str(_port())))
+    killed = tmp_path / "killed"
+    procs = _cli_pair(killed, str(_port()))
+    try:
+        deadline = time.monotonic() + 240
+        while not (killed / "135" / "funcgrad_integrity.json").exists():
+            assert time.monotonic() < deadline and procs[1].poll() is None, \
+                procs[1].stderr.read()[-3000:] if procs[1].poll() is not None else "timeout"
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGKILL)  # mid-run, past the first checkpoint
+        procs[1].wait(timeout=60)
+        procs[0].kill()
+        procs[0].wait(timeout=60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert procs[1].returncode == -signal.SIGKILL
+    assert not (killed / "540").exists()  # the run was cut short
+    _finish(_cli_pair(killed, str(_port()), "--resume"))
+    assert _final_leaves(killed) == _final_leaves(tmp_path / "plain")
