@@ -109,6 +109,7 @@ class _Run:
         # the one device-to-host buffer: step metrics stay on the device until it fetches
         self.buffer = History(log_every=cfg.log_every, keep=False, on_fetch=self._logged)
         self.record: dict[str, Any] | None = None  # the newest record, until taken
+        self.inflight: tuple[range, dict[str, Any]] | None = None  # metrics not buffered
         self.t0 = time.perf_counter()
 
     def next_length(self) -> int:
@@ -148,10 +149,11 @@ class _Run:
             # the state is the one after the newest fetched step; it is bitwise the state
             # before the first bad step when every step since was skipped as well
             after = [bool(r["finite"]) for r in rows if r["step"] > bad[0]]
+            after += self._inflight_finite()
             self.nonfinite = nonfinite_report(
                 self.loss_fn, jax.device_get(self.state.params),
                 self.plan.host_batch(self.key, bad[0]), step=bad[0],
-                params_step=bad[0] if not any(after) else rows[-1]["step"] + 1)
+                params_step=bad[0] if not any(after) else int(jax.device_get(self.state.step)))
             if self.hooks.on_nonfinite_report is not None:
                 self.hooks.on_nonfinite_report(self.nonfinite)
             else:
@@ -165,6 +167,15 @@ class _Run:
         else:
             self.stopped = (f"{self.consecutive_skips} consecutive steps were not finite "
                             f"(max_consecutive_skips={self.cfg.max_consecutive_skips})")
+
+    def _inflight_finite(self) -> list[bool]:
+        """Which steps of the program not yet buffered were finite (those that ran)."""
+        if self.inflight is None:
+            return []
+        metrics = self.inflight[1]
+        finite, ran = jax.device_get((metrics["finite"], metrics.get("ran", True)))
+        ran = np.broadcast_to(ran, np.shape(finite))
+        return [bool(f) for f, r in zip(np.ravel(finite), np.ravel(ran), strict=True) if r]
 
     def _logged(self, rows: list[dict[str, Any]]) -> None:
         halted = any(bool(r.get("halt", False)) for r in rows)
@@ -184,13 +195,12 @@ class _Run:
             self.hooks.writer.write(self.record)
         self.resolve_evals()
 
-    def log(self, metrics: dict[str, Any], length: int) -> dict[str, Any] | None:
+    def log(self, steps: range, metrics: dict[str, Any]) -> dict[str, Any] | None:
         """Buffer one program's metrics; the record if this program fetched them."""
-        steps = range(self.step, self.step + length)
         if self.hooks.flow is not None:  # stays on the device until the next fetch
             self.hooks.flow.append(metrics.pop("flow"), steps)
         self.buffer.append(metrics, steps)
-        if self.step + length == self.total:
+        if steps.stop == self.total:
             self.buffer.fetch()
         record, self.record = self.record, None
         return record
@@ -218,9 +228,18 @@ class _Run:
         """One program: dispatch, log, checkpoint, evaluate, report progress."""
         before = self.step
         length, metrics = self.dispatch(programs)
-        record = self.log(metrics, length)
+        # the previous program's metrics are buffered (and maybe fetched) only now, with
+        # this one already queued: a fetch never leaves the device idle. Before a
+        # checkpoint or at the end this program's are buffered too, so a checkpoint never
+        # holds steps whose records were not written.
+        lagged, self.inflight = self.inflight, (range(before, before + length), metrics)
+        record = None if lagged is None else self.log(*lagged)
+        if self.stopped is None and (checkpoints is not None or before + length == self.total):
+            current, self.inflight = self.inflight, None
+            record = self.log(*current) or record
         self.step = before + length
-        if self.stopped is not None:  # the program stopped at a log inside it
+        if self.stopped is not None:  # a program stopped at a log inside it; any later
+            self.inflight = None      # one left the state unchanged
             self.step = int(jax.device_get(self.state.step))
         if checkpoints is not None:  # at the first boundary that crosses each multiple
             checkpoints.save(self.step, self.state, previous_step=before)
@@ -230,6 +249,9 @@ class _Run:
                 or self.step == self.total):
             self.evaluate(programs, chunks, self.step // per_epoch)
         if self.hooks.progress is not None:
+            if record is not None and record["step"] != self.step:  # the previous program's
+                self.hooks.progress(record["step"], self.total, record)
+                record = None
             self.hooks.progress(self.step, self.total, record)
 
 
@@ -277,6 +299,9 @@ def _programs(loss: tuple[Any, Callable], tx: Any, cfg: FitConfig, hooks: FitHoo
 
 def _finish(run: _Run, programs: Programs, checkpoints: Any, chunks: Any,
             resumed_from: int | None) -> FitResult:
+    if run.inflight is not None and run.stopped is None:
+        run.log(*run.inflight)
+    run.inflight = None
     run.buffer.fetch()
     if chunks is not None:
         run.evaluate(programs, chunks, run.step // run.steps_per_epoch)
