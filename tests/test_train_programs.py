@@ -131,3 +131,18 @@ def test_a_second_cli_run_hits_the_compilation_cache(tmp_path):
     assert first["hits"] == 0 and first["misses"] >= 3  # init, the epoch program, eval
     assert second["misses"] == 0 and second["hits"] == first["misses"]
     assert any((tmp_path / "c").iterdir())
+
+
+def test_a_report_judges_exactness_with_the_queued_program():
+    # one NaN example: the step that draws it is skipped, the others train; the first
+    # program's metrics are fetched with the second already queued (and run)
+    x, y = _data_xy()
+    x[5, 0] = np.nan
+    reports = []
+    r = train.fit(nn.init_mlp(jax.random.PRNGKey(0), SIZES), (x, y), apply_fn=APPLY,
+                  tx=train.optimizer(0.1), batch_size=8, epochs=3, log_every=1,
+                  on_nonfinite_report=reports.append)
+    assert len(reports) == 1 and int(r.state.skipped) == 3  # once per epoch
+    rep = reports[0]
+    assert rep["step"] < 3 and not rep["exact"]
+    assert rep["params_step"] == 6  # the state after the queued second epoch
