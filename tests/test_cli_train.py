@@ -38,6 +38,9 @@ def test_train_writes_metrics_summary_and_curves(tmp_path, capsys):
     (["--activation", "swish"], "--activation"),
     (["--momentum", "1.5"], "--momentum"),
     (["--clip-norm", "0"], "--clip-norm"),
+    (["--device-data-mib", "-1"], "--device-data-mib"),
+    (["--device-data-mib", "lots"], "--device-data-mib"),
+    (["--epochs-per-dispatch", "0"], "--epochs-per-dispatch"),
 ])
 def test_bad_flags_are_named(argv, flag, capsys):
     with pytest.raises(SystemExit) as exc:
