@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from ._data import device_order, step_weights
-from ._step import TrainState, _step_body, eval_body
+from ._step import _step_body, eval_body, init_state
 
 __all__ = ["Layout", "Programs", "eval_chunks", "initial_control"]
 
@@ -94,9 +94,9 @@ class Programs:
         self.eval = _eval_program(loss_fn)
         # the initial state in one program (not an eager op per leaf); its outputs are new
         # buffers, so the caller's params are never donated
-        self.init = jax.jit(lambda params, key: TrainState(
-            params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
-            step=jnp.zeros((), jnp.int32), key=key, skipped=jnp.zeros((), jnp.int32)))
+        # (init_state's own state, with the run's key: any field init_state gains follows)
+        self.init = jax.jit(lambda params, key: dataclasses.replace(
+            init_state(jax.tree.map(jnp.copy, params), tx, 0), key=key))
 
     def get(self, length: int, epochs: int, streamed: bool) -> Callable:
         """The program of ``length`` steps spanning ``epochs`` epochs (compiled on first use)."""
