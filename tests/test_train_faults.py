@@ -223,3 +223,18 @@ def test_cli_kill_9_then_resume_ends_as_an_uninterrupted_run(tmp_path):
     a, b = (json.loads((d / "summary.json").read_text()) for d in (out, tmp_path / "full"))
     for key in ("train_loss", "train_accuracy", "test_accuracy", "test_loss", "steps"):
         assert a[key] == b[key], key
+
+
+def test_cli_resume_with_nothing_usable_says_so_and_how_to_start_over(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    run = [*SMALL, "--epochs", "1", "--checkpoint-dir", str(ck), "--checkpoint-every", "8"]
+    assert main(run) == 0
+    for record in ck.glob("*/funcgrad_integrity.json"):
+        record.unlink()  # no step can be verified any more
+    capsys.readouterr()
+    assert main([*run, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing could be restored" in err and "run without --resume" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in ck.iterdir() if p.name.isdigit()) or \
+        any((ck / ".funcgrad-unverified").iterdir())  # nothing deleted

@@ -65,6 +65,15 @@ def _add_optimisation_args(g: Any) -> None:
     g.add_argument("--no-clip-norm", action="store_true", help="disable global-norm clipping")
     g.add_argument("--clip-value", type=positive_float("--clip-value"), default=None,
                    help="clip every gradient element to [-v, v]")
+    g.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                   help="learning-rate schedule after the warmup: constant --lr, or cosine "
+                        "decay from --lr to 0 at the last step (default %(default)s)")
+    g.add_argument("--warmup-steps", type=seed_int("--warmup-steps"), default=0,
+                   help="steps of linear warmup from 0 to --lr (default %(default)s)")
+    g.add_argument("--precision", choices=["f32", "bf16", "f16"], default="f32",
+                   help="compute dtype of the forward and backward passes; parameters and "
+                        "the optimizer stay float32; f16 adds dynamic loss scaling "
+                        "(default %(default)s)")
     g.add_argument("--batch-size", type=positive_int("--batch-size"), default=32,
                    help="examples per step; a partial last batch is padded "
                         "(default %(default)s)")
@@ -201,9 +210,6 @@ def _start(args: argparse.Namespace) -> bool:
         _check_platform(args.platform)
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir")
-    if args.checkpoint_dir and jax.process_count() > 1:
-        raise ValueError("--checkpoint-dir is single-process for now; multi-host runs "
-                         "(--coordinator) cannot checkpoint yet")
     return jax.process_index() == 0
 
 
@@ -282,7 +288,7 @@ def _fit(args: argparse.Namespace, ds: Any, xs: tuple[Any, Any], mesh: Any,
     params = jax.jit(lambda: nn.init_mlp(
         jax.random.PRNGKey(args.seed), sizes, activation=args.activation, init=args.init,
         scale=args.init_scale, batch_norm=args.batch_norm))()
-    tx = train.optimizer(args.lr, momentum=args.momentum,
+    tx = train.optimizer(_learning_rate(args, len(ds.x_train)), momentum=args.momentum,
                          clip_norm=None if args.no_clip_norm else args.clip_norm,
                          clip_value=args.clip_value)
     checkpoints, formatwarning = None, warnings.formatwarning
@@ -298,6 +304,7 @@ def _fit(args: argparse.Namespace, ds: Any, xs: tuple[Any, Any], mesh: Any,
                              device_data_budget=None if args.device_data_mib is None
                              else int(args.device_data_mib * 2**20),
                              log_every=args.log_every, taps=args.taps,
+                             precision=args.precision,
                              on_nonfinite=args.on_nonfinite,
                              max_consecutive_skips=args.max_skips)
     try:
@@ -307,10 +314,32 @@ def _fit(args: argparse.Namespace, ds: Any, xs: tuple[Any, Any], mesh: Any,
                              checkpoints=checkpoints, resume=args.resume, mesh=mesh,
                              hooks=train.FitHooks(progress=bar, flow=flow_history,
                                                   writer=writer, **_hooks(args, out, metrics)))
+    except OSError as exc:  # CheckpointError, NoUsableCheckpointError among them
+        from ..checkpoint import NoUsableCheckpointError
+
+        if not isinstance(exc, NoUsableCheckpointError):
+            raise
+        raise ValueError(f"{exc}; to start over, run without --resume (steps that could not "
+                         "be verified are moved aside, never deleted)") from None
     finally:
         if checkpoints is not None:
             checkpoints.close()
         warnings.formatwarning = formatwarning
+
+
+def _learning_rate(args: argparse.Namespace, n_train: int) -> Any:
+    """``--lr``, or the schedule of ``--schedule``/``--warmup-steps`` peaking at it."""
+    from .. import train
+
+    if args.schedule == "constant" and args.warmup_steps == 0:
+        return args.lr  # the optimizer state of every earlier run
+    total = args.epochs * -(-n_train // args.batch_size)  # a padded last batch is a step
+    if args.schedule == "cosine" and args.warmup_steps >= total:
+        raise ValueError(f"--warmup-steps must be less than the run's {total} steps "
+                         f"(--epochs x steps per epoch) for --schedule cosine; got "
+                         f"{args.warmup_steps}")
+    return train.schedule(args.schedule, args.lr, warmup_steps=args.warmup_steps,
+                          total_steps=total)
 
 
 def _apply_fn(args: argparse.Namespace) -> Any:

@@ -15,7 +15,26 @@
 from ..flow.stats import layer_norms
 from ._loop import FitConfig, FitHooks, FitResult, fit
 from ._nonfinite import nonfinite_report
-from ._optimizer import CLIPPED_NORM, clipped_grad_norm, measure_clipped_norm, optimizer
+from ._optimizer import (
+    CLIPPED_NORM,
+    SCHEDULES,
+    Schedule,
+    clipped_grad_norm,
+    current_learning_rate,
+    measure_clipped_norm,
+    optimizer,
+    schedule,
+)
+from ._precision import (
+    PRECISIONS,
+    LossScale,
+    Policy,
+    initial_loss_scale,
+    policy,
+    scaled_value_and_grad,
+    wrap_apply,
+    wrap_loss,
+)
 from ._step import (
     TrainState,
     classification_loss,
@@ -27,14 +46,21 @@ from ._step import (
 
 __all__ = [
     "CLIPPED_NORM",
+    "PRECISIONS",
+    "SCHEDULES",
     "FitConfig",
     "FitHooks",
     "FitResult",
+    "LossScale",
+    "Policy",
+    "Schedule",
     "TrainState",
     "classification_loss",
     "clipped_grad_norm",
+    "current_learning_rate",
     "fit",
     "init_state",
+    "initial_loss_scale",
     "layer_norms",
     "make_eval",
     "make_fused_steps",
@@ -42,6 +68,11 @@ __all__ = [
     "measure_clipped_norm",
     "nonfinite_report",
     "optimizer",
+    "policy",
+    "scaled_value_and_grad",
+    "schedule",
+    "wrap_apply",
+    "wrap_loss",
 ]
 
 # documented (and pickled) under the public package, not the private module

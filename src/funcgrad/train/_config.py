@@ -48,6 +48,9 @@ class FitConfig:
             ``"skip"`` goes on, ``"stop"`` ends the run at the log that shows it.
         max_consecutive_skips: end the run once this many steps in a row were skipped
             (``None``: never).
+        precision: ``"f32"``, ``"bf16"`` or ``"f16"``: the compute dtype of the
+            :func:`funcgrad.train.policy` the loss runs under (parameters and optimizer
+            stay float32); ``"f16"`` adds dynamic loss scaling (``state.loss_scale``).
 
     Raises:
         ValueError: naming the field, if one is not an int >= 1 (``seed``: not an int;
@@ -66,14 +69,19 @@ class FitConfig:
     on_nonfinite: str = "skip"
     max_consecutive_skips: int | None = None
     device_data_budget: int | None = None
+    precision: str = "f32"
 
     def __post_init__(self) -> None:
         if self.on_nonfinite not in ("skip", "stop"):
             raise ValueError("fit: argument 'on_nonfinite' must be 'skip' or 'stop'; got "
                              f"{self.on_nonfinite!r}")
+        if self.precision not in ("f32", "bf16", "f16"):
+            raise ValueError("fit: argument 'precision' must be one of ['f32', 'bf16', "
+                             f"'f16']; got {self.precision!r}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("taps", "on_nonfinite") or (value is None and f.name in _OPTIONAL):
+            if f.name in ("taps", "on_nonfinite", "precision") or (
+                    value is None and f.name in _OPTIONAL):
                 continue
             bad = not isinstance(value, (int, np.integer)) or isinstance(value, bool)
             low = 0 if f.name == "device_data_budget" else 1

@@ -18,6 +18,7 @@ from ..tensorboard import host_histograms
 from ._config import FitConfig, FitHooks, FitResult, split_options
 from ._data import DataPlan
 from ._nonfinite import nonfinite_report
+from ._precision import initial_loss_scale, policy, wrap_loss
 from ._programs import Layout, Programs, eval_chunks, initial_control
 from ._step import TrainState, classification_loss
 
@@ -76,6 +77,8 @@ def _host_record(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "grad_norm": float(last["grad_norm"]),
         "clipped_grad_norm": float(last["clipped_grad_norm"]),
         "update_norm": float(last["update_norm"]),
+        "learning_rate": float(last["learning_rate"]),
+        **({"loss_scale": float(last["loss_scale"])} if "loss_scale" in last else {}),
         "layer_grad_norms": [float(v) for v in np.asarray(last["layer_grad_norms"])],
         "nonfinite_steps": int(len(finite) - sum(finite)),
         "steps_in_interval": len(rows),
@@ -279,7 +282,8 @@ def _programs(loss: tuple[Any, Callable], tx: Any, cfg: FitConfig, hooks: FitHoo
                     stop_on_nonfinite=cfg.on_nonfinite == "stop",
                     max_skips=cfg.max_consecutive_skips)
     bins = getattr(hooks.writer, "histogram_bins", 0)
-    key: Any = (loss[0], tx, layout, hooks.flow, bins, cfg.taps, hooks.wrap_step, mesh)
+    key: Any = (loss[0], cfg.precision, tx, layout, hooks.flow, bins, cfg.taps,
+                hooks.wrap_step, mesh)
     try:
         hash(key)
     except TypeError:  # an unhashable optimizer or hook: build afresh
@@ -287,9 +291,11 @@ def _programs(loss: tuple[Any, Callable], tx: Any, cfg: FitConfig, hooks: FitHoo
     if key is not None and key in _REUSE:
         _REUSE.move_to_end(key)
         return _REUSE[key]
-    programs = Programs(loss[1], tx, layout,
+    precision = policy(cfg.precision)
+    programs = Programs(wrap_loss(loss[1], precision), tx, layout,  # loss[1] itself in f32
                         stats_fn=None if hooks.flow is None else hooks.flow.measure,
-                        histogram_bins=bins, taps=cfg.taps, wrap=hooks.wrap_step, mesh=mesh)
+                        histogram_bins=bins, taps=cfg.taps, wrap=hooks.wrap_step, mesh=mesh,
+                        loss_scale=initial_loss_scale(precision))
     if key is not None:
         _REUSE[key] = programs
         while len(_REUSE) > _REUSE_SIZE:
@@ -424,7 +430,7 @@ def fit(
     data, held_out = _datasets(train, eval_data, None if loss_fn else (apply_fn, params))
     loss = (("classification_loss", apply_fn), classification_loss(apply_fn)) \
         if loss_fn is None else (loss_fn, loss_fn)
-    loss_fn = loss[1]
+    loss_fn = wrap_loss(loss[1], policy(cfg.precision))  # the non-finite replay's loss
     programs = _programs(loss, tx, cfg, hooks, len(data[0]), mesh)
     state, resumed_from = _initial_state(params, programs, cfg, (checkpoints, resume), mesh,
                                          hooks)

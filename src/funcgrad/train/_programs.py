@@ -95,8 +95,10 @@ class Programs:
         # the initial state in one program (not an eager op per leaf); its outputs are new
         # buffers, so the caller's params are never donated
         # (init_state's own state, with the run's key: any field init_state gains follows)
+        loss_scale = options.get("loss_scale")  # a LossScale (float16) or None
         self.init = jax.jit(lambda params, key: dataclasses.replace(
-            init_state(jax.tree.map(jnp.copy, params), tx, 0), key=key))
+            init_state(jax.tree.map(jnp.copy, params), tx, 0, loss_scale=loss_scale),
+            key=key))
 
     def get(self, length: int, epochs: int, streamed: bool) -> Callable:
         """The program of ``length`` steps spanning ``epochs`` epochs (compiled on first use)."""

@@ -13,7 +13,8 @@ from .. import primitives as P
 from ..flow.stats import layer_squares as _layer_squares
 from ..flow.taps import tapped_value_and_grad
 from ..tensorboard import layer_histograms
-from ._optimizer import clipped_grad_norm
+from ._optimizer import clipped_grad_norm, current_learning_rate
+from ._precision import scaled_loss, unscale
 
 __all__ = [
     "Batch",
@@ -39,6 +40,8 @@ class TrainState:
         step: number of steps taken (int32 scalar), skipped ones included.
         key: raw ``uint32[2]`` PRNG key; epoch ``e`` is shuffled with ``fold_in(key, e)``.
         skipped: number of steps skipped because their gradients were not finite.
+        loss_scale: the dynamic :class:`~funcgrad.train.LossScale` of a float16 run, or
+            None (no scaling; no leaves).
     """
 
     params: Any
@@ -46,22 +49,24 @@ class TrainState:
     step: jax.Array
     key: jax.Array
     skipped: jax.Array
+    loss_scale: Any = None
 
 
-def init_state(params: Any, tx: Any, seed: int = 0) -> TrainState:
+def init_state(params: Any, tx: Any, seed: int = 0, loss_scale: Any = None) -> TrainState:
     """Build the initial :class:`TrainState`.
 
     Args:
         params: model parameters.
         tx: an optax transformation, e.g. from :func:`funcgrad.train.optimizer`.
         seed: seed of the shuffling key.
+        loss_scale: a :class:`~funcgrad.train.LossScale` (float16), or None.
 
     Returns:
         The state at step 0.
     """
     return TrainState(params=params, opt_state=tx.init(params),
                       step=jnp.zeros((), jnp.int32), key=jax.random.PRNGKey(seed),
-                      skipped=jnp.zeros((), jnp.int32))
+                      skipped=jnp.zeros((), jnp.int32), loss_scale=loss_scale)
 
 
 def classification_loss(apply_fn: Callable[[Any, jax.Array], jax.Array]) -> Callable:
@@ -99,12 +104,20 @@ def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None,
     # activations' statistics; with neither taps nor stats it is jax.value_and_grad itself
     grad_fn = tapped_value_and_grad(loss_fn, has_aux=True, taps=taps,
                                     activations=stats_fn is not None)
+    # float16: the loss times the state's scale S, the gradients divided by S in float32
+    scaled_grad_fn = tapped_value_and_grad(scaled_loss(loss_fn), has_aux=True, taps=taps,
+                                           activations=stats_fn is not None)
 
     def step(state: TrainState, batch: Batch,
              active: jax.Array | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
         # active=False (fit's programs after a stop): the state comes back bitwise as it
         # was, its step count included; it rides on the non-finite guard's select
-        (loss, aux), grads, extra = grad_fn(state.params, batch)
+        scale = state.loss_scale
+        if scale is None:
+            (loss, aux), grads, extra = grad_fn(state.params, batch)
+        else:
+            (_, (loss, aux)), grads, extra = scaled_grad_fn(state.params, batch, scale.scale)
+            grads = unscale(grads, scale.scale)
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         # every gradient statistic comes from one sum of squares per layer
@@ -124,7 +137,10 @@ def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None,
             "layer_grad_norms": jnp.sqrt(layer_sq),
             "update_norm": jnp.where(take, jnp.sqrt(jnp.sum(_layer_squares(updates))), 0.0),
             "finite": finite,
+            "learning_rate": current_learning_rate(new_opt),
         }
+        if scale is not None:
+            metrics["loss_scale"] = scale.scale
         if stats_fn is not None:  # e.g. funcgrad.flow.History.measure
             metrics["flow"] = _measure(stats_fn, state.params, grads, updates, batch, extra)
         if taps:  # {node name: Tap}, the names funcgrad.explain gives the same calls
@@ -138,6 +154,9 @@ def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None,
             key=state.key,
             skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32) * (
                 1 if active is None else active.astype(jnp.int32)),
+            loss_scale=None if scale is None else jax.tree.map(
+                lambda new, old: jnp.where(True if active is None else active, new, old),
+                scale.adjust(finite), scale),
         )
         if active is not None:
             metrics["ran"] = active
