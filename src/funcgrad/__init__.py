@@ -36,6 +36,7 @@ _NAMES: dict[str, str] = {
     "fit": "train",
     "optimizer": "train",
     "tap_grad": "flow.taps",
+    "enable_compilation_cache": "_cache",
 }
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "data",
     "dense",
     "div",
+    "enable_compilation_cache",
     "exp",
     "experiments",
     "explain",
@@ -104,6 +106,7 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API docs) see; never 
         train,
         transforms,
     )
+    from ._cache import enable_compilation_cache
     from .explain import Graph
     from .flow.taps import tap_grad
     from .primitives import (
