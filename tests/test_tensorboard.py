@@ -202,7 +202,7 @@ def test_fit_records_read_back_by_tensorboard(tmp_path, reader):
             lines.append(json.dumps(record))  # what metrics.jsonl holds
             writer(record)
         funcgrad.fit(_params(), _data(), apply_fn=APPLY, tx=train.optimizer(0.1, clip_norm=0.5),
-                     batch_size=8, epochs=2, log_every=2, on_log=on_log)
+                     batch_size=8, epochs=2, log_every=2, on_log=on_log, steps_per_dispatch=1)
     records = [json.loads(line) for line in lines]
     assert [r["step"] for r in records] == [2, 4, 6]
     acc = reader(tmp_path / "tb")
