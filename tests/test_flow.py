@@ -542,6 +542,7 @@ def test_funcgrad_flow_reproduces_the_lesson(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- commands
+@pytest.mark.slow
 def test_cli_train_flow_healthy_run_prints_no_flags(tmp_path, capsys):
     args = ["train", "--flow", "--epochs", "1", "--hidden", "64", "--no-progress",
             "--out", str(tmp_path)]
@@ -558,6 +559,7 @@ def test_cli_train_flow_healthy_run_prints_no_flags(tmp_path, capsys):
             assert (tmp_path / f"flow_{kind}.png").read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
 def test_cli_train_flow_prints_flags_when_they_fire(capsys):
     args = ["train", "--flow", "--epochs", "1", "--hidden", "16", "--depth", "12",
             "--activation", "sigmoid", "--init", "glorot", "--steps-per-dispatch", "1",

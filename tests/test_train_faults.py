@@ -136,6 +136,7 @@ def _records(path):
     return rows
 
 
+@pytest.mark.slow
 def test_cli_resume_keeps_metrics_and_applies_a_new_lr(tmp_path, capsys):
     """A run killed after its checkpoint at step 8 resumes into the same --out: metrics.jsonl
     and summary.json end as an uninterrupted run's; a new --lr is applied and announced."""
@@ -168,6 +169,7 @@ def test_cli_resume_keeps_metrics_and_applies_a_new_lr(tmp_path, capsys):
     assert c["config"]["lr"] == 0.01 and c["train_loss"] != b["train_loss"]
 
 
+@pytest.mark.slow
 def test_cli_diverged_run_stops_with_a_report(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train", "--lr", "1e6", "--no-clip-norm", "--epochs", "3", "--hidden", "8",

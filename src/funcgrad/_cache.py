@@ -24,8 +24,8 @@ def default_cache_dir() -> Path:
         The directory (not created).
 
     Examples:
-        >>> default_cache_dir().name
-        'jax'
+        >>> default_cache_dir().is_absolute()
+        True
     """
     if os.environ.get("FUNCGRAD_CACHE_DIR"):
         return Path(os.environ["FUNCGRAD_CACHE_DIR"])
