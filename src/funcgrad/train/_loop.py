@@ -319,6 +319,11 @@ def _finish(run: _Run, programs: Programs, checkpoints: Any, chunks: Any,
                      resumed_from, run.nonfinite, run.stopped)
 
 
+#: A copy of a pytree in one program (one module-level function: compiled once per
+#: structure, not once per call).
+_copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
 def _use_hyperparameters(restored: Any, fresh: Any) -> tuple[Any, dict[str, tuple]]:
     """``restored`` optimizer state with ``fresh``'s injected hyperparameters, and what
     changed: ``{name: (checkpoint value, value used)}``."""
@@ -357,7 +362,7 @@ def _initial_state(params: Any, programs: Programs, cfg: FitConfig,
             if hooks.on_resume is not None:
                 hooks.on_resume(resumed_from, changed)
             # the programs donate their state: never donate buffers the manager holds
-            state = jax.jit(lambda t: jax.tree.map(jnp.copy, t))(state)
+            state = _copy_tree(state)
     if mesh is not None:
         from .. import parallel
 

@@ -147,16 +147,18 @@ def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None,
             metrics["taps"] = extra["taps"]
         if histogram_bins:  # binned here: only L x (2 * bins + 6) numbers leave the device
             metrics["grad_histograms"] = layer_histograms(grads, histogram_bins)
+        ran = jnp.int32(1) if active is None else active.astype(jnp.int32)
+        new_scale = None if scale is None else scale.adjust(finite)
+        if new_scale is not None and active is not None:
+            new_scale = jax.tree.map(lambda new, old: jnp.where(active, new, old),
+                                     new_scale, scale)
         new_state = TrainState(
             params=jax.tree.map(keep, new_params, state.params),
             opt_state=jax.tree.map(keep, new_opt, state.opt_state),
-            step=state.step + (1 if active is None else active.astype(jnp.int32)),
+            step=state.step + ran,
             key=state.key,
-            skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32) * (
-                1 if active is None else active.astype(jnp.int32)),
-            loss_scale=None if scale is None else jax.tree.map(
-                lambda new, old: jnp.where(True if active is None else active, new, old),
-                scale.adjust(finite), scale),
+            skipped=state.skipped + jnp.where(finite, 0, ran),
+            loss_scale=new_scale,
         )
         if active is not None:
             metrics["ran"] = active
