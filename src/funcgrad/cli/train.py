@@ -271,8 +271,9 @@ def _short(value: Any) -> str:
 
 
 #: Injected hyperparameter -> the flag that sets it.
-_HYPERPARAMETER_FLAGS = {"learning_rate": "--lr", "momentum": "--momentum",
-                         "clip_norm": "--clip-norm", "clip_value": "--clip-value"}
+_HYPERPARAMETER_FLAGS = {"learning_rate": "--lr", "peak_learning_rate": "--lr",
+                         "momentum": "--momentum", "clip_norm": "--clip-norm",
+                         "clip_value": "--clip-value"}
 
 
 def _fit(args: argparse.Namespace, ds: Any, xs: tuple[Any, Any], mesh: Any,
