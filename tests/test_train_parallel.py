@@ -10,8 +10,9 @@ import textwrap
 
 import pytest
 
-SCRIPT = textwrap.dedent("""
-    import json, functools
+#: What both subprocess scripts start from: 4 devices, data, model, optimizer, mesh.
+SETUP = textwrap.dedent("""
+    import json, sys, functools
     import jax, numpy as np
     from funcgrad import nn, train, parallel
 
@@ -23,6 +24,9 @@ SCRIPT = textwrap.dedent("""
     tx = train.optimizer(0.1, momentum=0.9, clip_norm=1.0)
     params = nn.init_mlp(jax.random.PRNGKey(0), [6, 16, 3])
     mesh = parallel.local_mesh()
+""")
+
+SCRIPT = SETUP + textwrap.dedent("""
     out = {}
     for k in (1, 3):
         single = train.fit(params, (x, y), apply_fn=apply, tx=tx, batch_size=8, epochs=2,
@@ -96,20 +100,8 @@ def test_two_process_training_on_localhost(tmp_path):
     assert all("waiting for the coordinator" in out for out, _ in outs)
 
 
-RESUME_SCRIPT = textwrap.dedent("""
-    import json, sys, functools
-    import jax, numpy as np
-    from funcgrad import nn, train, parallel
+RESUME_SCRIPT = SETUP + textwrap.dedent("""
     from funcgrad.checkpoint import CheckpointManager
-
-    assert len(jax.devices()) == 4
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(50, 6)).astype(np.float32)
-    y = rng.integers(0, 3, size=50).astype(np.int32)
-    apply = functools.partial(nn.mlp, activation="relu")
-    tx = train.optimizer(0.1, momentum=0.9, clip_norm=1.0)
-    params = nn.init_mlp(jax.random.PRNGKey(0), [6, 16, 3])
-    mesh = parallel.local_mesh()
 
     class Stop(Exception):
         pass
