@@ -380,6 +380,7 @@ def test_fit_writer_logs_records_histograms_and_evals(tmp_path, reader):
 
 
 @wired
+@pytest.mark.slow
 def test_cli_tensorboard_writes_events(tmp_path, capsys, reader):
     from funcgrad.cli import main
 

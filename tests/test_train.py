@@ -237,6 +237,7 @@ def test_resume_gives_bitwise_identical_final_params(tmp_path):
     assert _leaves_equal(full.state.opt_state, resumed.state.opt_state)
 
 
+@pytest.mark.slow
 def test_resume_skips_a_corrupted_newest_checkpoint(tmp_path):
     import pathlib
 
