@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._compile import _jit
 from ._state import _Battery, _error_text, _size, _summary
 from .compare import EDGE_AGREEMENT, TOLERANCES, Tolerance, compare, merge
-from .vjp import _cotangents, _jit, _Leaves, _vjps
+from .vjp import _cotangents, _Leaves, _vjps
 
 
 def _host(tree: Any) -> Any:

@@ -25,19 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._compile import _jit
 from .compare import FD_TOLERANCE, Comparison, Mismatch, Tolerance, compare, merge, tolerance_for
 
 __all__ = ["CheckResult", "assert_vjp_matches", "check_vjp"]
 
 _LOW = ("float16", "bfloat16")
-
-#: The checker's programs compile at XLA's lowest backend optimization level: about 30%
-#: less compile time (most of the battery's time), the same IEEE arithmetic (no fast math).
-_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
-
-
-def _jit(f: Callable) -> Callable:
-    return jax.jit(f, compiler_options=_COMPILER_OPTIONS)
 
 
 @dataclasses.dataclass(frozen=True)
