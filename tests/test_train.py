@@ -282,6 +282,32 @@ def test_clipped_norm_with_value_clipping_matches_optax():
     assert float(m["clipped_grad_norm"]) < float(m["grad_norm"])
 
 
+@pytest.mark.parametrize("kwargs", [
+    {"clip_norm": 0.05}, {"clip_norm": 1e3}, {}, {"momentum": 0.9, "clip_norm": 0.05},
+    {"clip_norm": 0.5, "clip_value": 0.01}])
+def test_the_optimizers_norm_snapshots_equal_the_norms_of_what_it_applies(kwargs):
+    """The snapshots are not measured from the clipped gradient or the update: check them
+    against both, above and below the clip, with and without momentum."""
+    tx = train.optimizer(0.1, **kwargs)
+    state = _state(tx)
+    batch = _batch(*_data())
+    grads = jax.grad(lambda p: LOSS(p, batch)[0])(state.params)
+    clipped = grads
+    if "clip_norm" in kwargs:
+        clipped = optax.clip_by_global_norm(kwargs["clip_norm"]).update(clipped, None)[0]
+    if "clip_value" in kwargs:
+        clipped = optax.clip(kwargs["clip_value"]).update(clipped, None)[0]
+    _, opt = tx.update(grads, state.opt_state, state.params)
+    new, m = train.make_train_step(LOSS, tx)(jax.tree.map(jnp.copy, state), batch)
+    applied = jax.tree.map(jnp.subtract, new.params, state.params)
+    assert float(m["clipped_grad_norm"]) == pytest.approx(float(optax.tree.norm(clipped)),
+                                                          rel=1e-5)
+    assert float(m["update_norm"]) == pytest.approx(float(optax.tree.norm(applied)),
+                                                    rel=1e-5)
+    published = optax.tree.get(opt, train.UPDATE_NORM, default=None)
+    assert (published is not None) == ("momentum" not in kwargs and "clip_value" not in kwargs)
+
+
 def test_overflowing_gradient_norm_counts_as_nonfinite():
     """Finite gradient elements whose norm overflows float32 cannot make a usable step."""
     def loss_fn(params, batch):

@@ -18,6 +18,7 @@ from ._nonfinite import nonfinite_report
 from ._optimizer import (
     CLIPPED_NORM,
     SCHEDULES,
+    UPDATE_NORM,
     Schedule,
     clipped_grad_norm,
     current_learning_rate,
@@ -46,6 +47,7 @@ from ._step import (
 
 __all__ = [
     "CLIPPED_NORM",
+    "UPDATE_NORM",
     "PRECISIONS",
     "SCHEDULES",
     "FitConfig",

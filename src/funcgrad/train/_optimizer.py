@@ -1,9 +1,14 @@
 """The optimizer: SGD with clipping and a learning-rate schedule, read back through optax.
 
-:func:`optimizer` places ``optax.snapshot`` (:func:`measure_clipped_norm`) right after the
-clip, so the train step reads the norm of the gradient *after* clipping from the optimizer
-state, under the name :data:`CLIPPED_NORM`. Any other optax transformation gets
-:func:`clipped_grad_norm`'s documented fallback, which is never silently wrong.
+The train step reads the norm of the gradient *after* clipping from the optimizer state,
+under the name :data:`CLIPPED_NORM`. :func:`optimizer` records it with ``optax.snapshot``:
+after an element-wise clip it measures the clipped gradient (:func:`measure_clipped_norm`);
+a global-norm clip (or none) scales the gradient to norm ``min(|g|, clip_norm)``, which its
+snapshot takes from ``|g|``, the very reduction the clip computes. For plain SGD it also
+records the update's norm, ``learning_rate * min(|g|, clip_norm)``, as :data:`UPDATE_NORM`,
+so the step needs no second pass over the update. Any other optax transformation gets
+:func:`clipped_grad_norm`'s documented fallback, which is never silently wrong, and the
+update's norm reduced from the update itself.
 
 The learning rate of the last update is the leaf named ``"learning_rate"`` of the state,
 for a constant rate and a schedule alike: :func:`current_learning_rate` reads it.
@@ -24,6 +29,7 @@ import jax.numpy as jnp
 __all__ = [
     "CLIPPED_NORM",
     "SCHEDULES",
+    "UPDATE_NORM",
     "Schedule",
     "clipped_grad_norm",
     "current_learning_rate",
@@ -34,6 +40,10 @@ __all__ = [
 
 #: Name of the ``optax.snapshot`` that stores the global norm of the clipped gradient.
 CLIPPED_NORM = "funcgrad_clipped_grad_norm"
+
+#: Name of the ``optax.snapshot`` that stores the global norm of the update, where
+#: :func:`optimizer` knows it without a reduction (plain SGD, no element-wise clip).
+UPDATE_NORM = "funcgrad_update_norm"
 
 
 def _require_positive(name: str, flag: str, value: Any) -> None:
@@ -234,7 +244,9 @@ def optimizer(
     """SGD with optional gradient clipping, as one optax ``GradientTransformation``.
 
     The chain is ``clip_by_global_norm(clip_norm)`` (if set), ``clip(clip_value)`` (if
-    set), :func:`measure_clipped_norm`, then ``sgd(learning_rate, momentum)``, wrapped in
+    set), then ``sgd(learning_rate, momentum)``, with snapshots of the clipped gradient's
+    norm (:data:`CLIPPED_NORM`) and, for plain SGD, the update's norm
+    (:data:`UPDATE_NORM`) for the train step's metrics. It is wrapped in
     ``optax.inject_hyperparams`` so every number is a leaf of the optimizer state: set
     ``state.opt_state.hyperparams["learning_rate"]`` to change it without recompiling.
 
@@ -292,22 +304,39 @@ def optimizer(
         return _scheduled_optimizer(learning_rate, numbers)
 
     def chain(learning_rate, momentum, clip_norm, clip_value):
-        return optax.chain(*_clipped(clip_norm, clip_value),
+        rate = learning_rate if momentum is None else None
+        return optax.chain(*_clipped(clip_norm, clip_value, rate),
                            optax.sgd(learning_rate, momentum=momentum))
 
     return optax.inject_hyperparams(chain)(learning_rate=float(learning_rate), **numbers)
 
 
-def _clipped(clip_norm: Any, clip_value: Any) -> list[Any]:
-    """The clipping transformations, then :func:`measure_clipped_norm`."""
+def _clipped(clip_norm: Any, clip_value: Any, sgd_rate: Any = None) -> list[Any]:
+    """The clipping transformations and the snapshots of the norms they leave.
+
+    After an element-wise clip the snapshot measures the clipped gradient. A global-norm
+    clip, or none, leaves norm ``min(|g|, clip_norm)``: the snapshots, placed before the
+    clip, take it from ``|g|`` (``optax.tree.norm``, which XLA shares with the clip's own),
+    and with ``sgd_rate`` (plain SGD: update ``-rate * clipped``) record the update's norm.
+    """
     import optax
 
-    parts = []
-    if clip_norm is not None:
-        parts.append(optax.clip_by_global_norm(clip_norm))
+    clip = [optax.clip_by_global_norm(clip_norm)] if clip_norm is not None else []
     if clip_value is not None:
-        parts.append(optax.clip(clip_value))
-    return [*parts, measure_clipped_norm()]
+        return [*clip, optax.clip(clip_value), measure_clipped_norm()]
+
+    def clipped(updates: Any) -> jax.Array:
+        norm = optax.tree.norm(updates)
+        if clip_norm is None:
+            return norm
+        # as the clip: kept below the bound; rescaled to it above; NaN if |g| is not finite
+        return jnp.where(norm < clip_norm, norm,
+                         jnp.where(jnp.isfinite(norm), clip_norm, jnp.nan))
+
+    snapshots = [optax.snapshot(CLIPPED_NORM, clipped)]
+    if sgd_rate is not None:
+        snapshots.append(optax.snapshot(UPDATE_NORM, lambda u: sgd_rate * clipped(u)))
+    return [*snapshots, *clip]
 
 
 def _scheduled_optimizer(learning_rate: Schedule | Callable[[Any], Any],
