@@ -240,3 +240,13 @@ def test_battery_rows_and_pytest_helper():
 
 
 test_battery_on_tanh = testing.parametrize_primitives(["tanh"], checks=["edge points", "jit"])
+
+
+def test_checker_compiles_with_fast_options_the_build_accepts():
+    from funcgrad.testing import _compile
+
+    options = _compile.compiler_options()
+    assert options.items() <= _compile.FAST_COMPILE.items()
+    assert "xla_backend_optimization_level" in options  # known to every XLA backend
+    assert _compile._accepted(options)
+    assert not _compile._accepted({"xla_no_such_option_for_funcgrad": 1})  # dropped, not fatal
