@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,11 +21,67 @@ def _host(tree: Any) -> Any:
     return jax.tree.map(np.asarray, tree)
 
 
+class _Part(NamedTuple):
+    """One check's share of a compiled program: ``judge(host(fn(inputs)))`` puts its rows.
+
+    ``alone`` (optional) runs the check in programs of its own, after a shared program
+    crashed; by default ``fn`` is compiled alone.
+    """
+
+    fn: Callable[[Any], Any]
+    inputs: Any
+    judge: Callable[[Any], None]
+    alone: Callable[[], None] | None = None
+
+
+def run_parts(b: _Battery, builds: Sequence[tuple[Sequence[str], Callable[[], _Part | None]]],
+              x64: bool = False) -> None:
+    """Build each check's part, then evaluate every part in one compiled program.
+
+    A build that fails (a crash while tracing shapes) fails its rows; a build that returns
+    ``None`` has judged its rows already (a dtype leak found by tracing). If the shared
+    program crashes, each part runs in its own program, so a crash is charged to the
+    check that crashed, with the row it gets when run alone. Compiling one program per
+    primitive and precision instead of one per check saves most of the fixed cost of a
+    compilation (tracing, lowering, XLA's per-program setup).
+
+    Args:
+        b: the battery.
+        builds: ``(rows, build)`` per check; ``build()`` returns its :class:`_Part`.
+        x64: evaluate under ``jax.enable_x64(True)`` (parts with float64 inputs).
+    """
+    parts: list[tuple[Sequence[str], _Part]] = []
+    for rows, build in builds:
+        b.run(rows, lambda rows=rows, build=build: parts.append((rows, build())))
+    parts = [(rows, p) for rows, p in parts if p is not None]
+    if not parts:
+        return
+    fns = [p.fn for _, p in parts]
+    try:
+        with jax.enable_x64(True) if x64 else contextlib.nullcontext():
+            results = _host(_jit(lambda xs: [f(x) for f, x in zip(fns, xs, strict=True)])(
+                [p.inputs for _, p in parts]))
+    except Exception:  # find the crash: every part alone
+        for rows, p in parts:
+            b.run(rows, lambda p=p: _alone(p, x64))
+        return
+    for (rows, p), res in zip(parts, results, strict=True):
+        b.run(rows, lambda p=p, res=res: p.judge(res))
+
+
+def _alone(p: _Part, x64: bool) -> None:
+    if p.alone is not None:
+        return p.alone()
+    with jax.enable_x64(True) if x64 else contextlib.nullcontext():
+        results = _host(_jit(p.fn)(p.inputs))
+    p.judge(results)
+
+
 def _out_names(b: _Battery, n: int) -> tuple[list[int], list[str], list[str]]:
     return [len(b.names)] * n, [*b.names, "<output>"], [f"[{k}]" for k in range(n)]
 
 
-def _primal(b: _Battery) -> None:
+def _primal(b: _Battery) -> _Part:
     """Plain forward against the forward under differentiation and the reference."""
     lv = _Leaves(b.args(jnp.float32), b.argnums)
     g = lv.function(b.prim.call)
@@ -34,33 +91,36 @@ def _primal(b: _Battery) -> None:
         plain = g(*x)
         return plain, jax.vjp(g, *x)[0], ref(*x) if ref is not None else plain
 
-    plain, under, want = _host(_jit(both)(lv.values))
-    pos, names, paths = _out_names(b, len(plain))
-    tol = TOLERANCES["float32"]
-    c1 = compare("primal", plain, under, pos, names, tol, paths=paths)
-    b.put("primal", c1.ok, "plain forward differs from the forward under jax.vjp: "
-          + _summary(c1) if not c1.ok else _summary(c1))
-    if ref is not None:
-        c2 = compare("primal", plain, want, pos, names, tol, paths=paths)
-        b.put("primal", c2.ok, "plain forward differs from the reference: " + _summary(c2))
+    def judge(results: Any) -> None:
+        plain, under, want = results
+        pos, names, paths = _out_names(b, len(plain))
+        tol = TOLERANCES["float32"]
+        c1 = compare("primal", plain, under, pos, names, tol, paths=paths)
+        b.put("primal", c1.ok, "plain forward differs from the forward under jax.vjp: "
+              + _summary(c1) if not c1.ok else _summary(c1))
+        if ref is not None:
+            c2 = compare("primal", plain, want, pos, names, tol, paths=paths)
+            b.put("primal", c2.ok, "plain forward differs from the reference: " + _summary(c2))
+
+    return _Part(both, lv.values, judge)
 
 
-def _reference(b: _Battery, shape_list: Sequence[Any]) -> None:
-    """float32 VJP against the reference (or the rule's float64 VJP) over the shape grid.
+def _reference_f64(b: _Battery, shape_list: Sequence[Any]) -> None:
+    """Without a reference: float32 VJP against the rule's float64 VJP, shape by shape."""
+    worst = 0.0
+    for shapes in shape_list:
+        r = b.vjp(b.prim.call, args=b.args(jnp.float32, shapes), finite_differences=False,
+                  num_cotangents=2)
+        worst = max(worst, r.max_abs_err)
+        for c in r.comparisons:
+            if not c.ok:
+                b.put("reference", False, f"shapes {shapes}: {_summary(c)}")
+    b.put("reference", True, f"{len(shape_list)} shape(s) vs the rule's float64 "
+          f"VJP, max abs err {worst:.1e}")
 
-    With a reference, every shape runs in one compiled program.
-    """
-    if b.ref is None:
-        worst = 0.0
-        for shapes in shape_list:
-            r = b.vjp(b.prim.call, args=b.args(jnp.float32, shapes), finite_differences=False,
-                      num_cotangents=2)
-            worst = max(worst, r.max_abs_err)
-            for c in r.comparisons:
-                if not c.ok:
-                    b.put("reference", False, f"shapes {shapes}: {_summary(c)}")
-        return b.put("reference", True, f"{len(shape_list)} shape(s) vs the rule's float64 "
-                     f"VJP, max abs err {worst:.1e}")
+
+def _reference(b: _Battery, shape_list: Sequence[Any]) -> _Part:
+    """float32 VJP against the reference over the shape grid, every shape in one program."""
     cases = []
     for k, shapes in enumerate(shape_list):
         lv = _Leaves(b.args(jnp.float32, shapes, seed=b.seed + k), b.argnums)
@@ -72,7 +132,12 @@ def _reference(b: _Battery, shape_list: Sequence[Any]) -> None:
                  _vjps(lv.function(b.ref), x, c)[1])
                 for (_, lv, _), x, c in zip(cases, xs, cts, strict=True)]
 
-    results = _host(_jit(program)([lv.values for _, lv, _ in cases], [c for *_, c in cases]))
+    return _Part(lambda xc: program(*xc), ([lv.values for _, lv, _ in cases],
+                                           [c for *_, c in cases]),
+                 lambda results: _judge_reference(b, cases, results))
+
+
+def _judge_reference(b: _Battery, cases: list, results: Any) -> None:
     worst, tol = 0.0, TOLERANCES["float32"]
     for (shapes, lv, _), (got, want) in zip(cases, results, strict=True):
         for grads in got:
@@ -87,8 +152,7 @@ def _reference(b: _Battery, shape_list: Sequence[Any]) -> None:
         worst = max(worst, c.max_abs_err)
         if not c.ok:
             b.put("reference", False, f"shapes {shapes}: {_summary(c)}")
-    b.put("reference", True, f"{len(shape_list)} shape(s) vs reference, max abs err "
-          f"{worst:.1e}")
+    b.put("reference", True, f"{len(cases)} shape(s) vs reference, max abs err {worst:.1e}")
 
 
 _F64_ROWS = {"reference": "reference", "finite_differences": "finite differences",
@@ -180,11 +244,11 @@ def _edge_point(b: _Battery, dt: str, p: float, got: list, truths: list,
           f"{w.allowed:.3g}){note}")
 
 
-def _edges(b: _Battery) -> None:
+def _edges(b: _Battery) -> _Part | None:
     """Gradients (and the primal) at the edge points against a float64 truth.
 
     A unary elementwise rule is evaluated at each point; any other rule of one float
-    argument at its first sample shifted by the point (``x + p``).
+    argument at its first sample shifted by the point (``x + p``). A float64 part.
     """
     points = np.array([float(p) for p in (getattr(b.prim, "edge_points", ()) or ())])
     if not points.size:
@@ -207,26 +271,30 @@ def _edges(b: _Battery) -> None:
                      _point_vjps([lv.function(f, jnp.float64) for f in fns])(x64))
                 for dt, (xd, x64) in xs.items()}
 
-    with jax.enable_x64(True):
-        results = _host(_jit(program)({
-            dt: (jax.device_put(r), jax.device_put(r.astype(np.float64)))
-            for dt, (_, r) in inputs.items()}))
-    for dt, ((outs, got), truths) in results.items():
-        for i, p in enumerate(points[inputs[dt][0]]):
-            if len(truths) == 2:  # the two truths must roughly agree (formula, not rounding)
-                _edge_point(b, "float64", p, [truths[0][1][i]], [[truths[1][1][i]]],
-                            tol=EDGE_AGREEMENT)
-            _edge_point(b, dt, p, [got[i]], [[t[1][i]] for t in truths])
-            _edge_point(b, dt, p, [o[i] for o in outs], [[o[i] for o in t[0]]
-                                                         for t in truths[-1:]], "primal")
-    checked = list(results)
-    at = "x = " if not base.ndim else "x + p, p = "
-    b.put("edge points", True, at + ", ".join(f"{p:g}" for p in points) + " in "
-          + "/".join(checked))
+    def judge(results: Any) -> None:
+        for dt, ((outs, got), truths) in results.items():
+            for i, p in enumerate(points[inputs[dt][0]]):
+                if len(truths) == 2:  # the two truths must roughly agree (formula, not rounding)
+                    _edge_point(b, "float64", p, [truths[0][1][i]], [[truths[1][1][i]]],
+                                tol=EDGE_AGREEMENT)
+                _edge_point(b, dt, p, [got[i]], [[t[1][i]] for t in truths])
+                _edge_point(b, dt, p, [o[i] for o in outs], [[o[i] for o in t[0]]
+                                                             for t in truths[-1:]], "primal")
+        at = "x = " if not base.ndim else "x + p, p = "
+        b.put("edge points", True, at + ", ".join(f"{p:g}" for p in points) + " in "
+              + "/".join(results))
+
+    with jax.enable_x64(True):  # float64 inputs (run under x64 too: a float64 part)
+        return _Part(program, {dt: (jax.device_put(r), jax.device_put(r.astype(np.float64)))
+                               for dt, (_, r) in inputs.items()}, judge)
 
 
-def _dtypes(b: _Battery) -> None:
-    """Outputs and cotangents keep each dtype; float16/bfloat16 values match a float64 truth."""
+def _dtypes(b: _Battery) -> _Part | None:
+    """Outputs and cotangents keep each dtype; float16/bfloat16 values match a float64 truth.
+
+    The dtypes of outputs and cotangents are found by tracing; the values are a float64
+    part.
+    """
     shapes = max(b.prim.sample_shapes, key=_size)  # enough elements for the median check
     cases = {}
     for dt in ("float16", "bfloat16", "float32", "float64"):
@@ -246,14 +314,11 @@ def _dtypes(b: _Battery) -> None:
                          + f"; expected {dt}")
         if dt in ("float16", "bfloat16"):
             cases[dt] = (lv, _cotangents(outs, 1, b.seed))
-    low = _low_precision_values(b, cases)
-    if low is not None:
-        return b.put("dtypes", False, low)
-    b.put("dtypes", True, "float16, bfloat16, float32, float64 kept")
+    return _low_precision_values(b, cases)
 
 
-def _low_precision_values(b: _Battery, cases: dict) -> str | None:
-    """float16/bfloat16 cotangents against a float64 truth, in one program; the failure."""
+def _low_precision_values(b: _Battery, cases: dict) -> _Part:
+    """float16/bfloat16 cotangents against a float64 truth, in one program (float64)."""
     def program(inputs):
         res = {}
         for dt, (x, c, x64, c64) in inputs.items():
@@ -264,25 +329,30 @@ def _low_precision_values(b: _Battery, cases: dict) -> str | None:
                        _vjps(lv.function(truth_fn, jnp.float64), x64, [c64])[1][0])
         return res
 
+    def judge(results: Any) -> None:
+        for dt, (got, base, truth) in results.items():
+            lv = cases[dt][0]
+            c = compare("reference" if b.ref is not None else "float64_truth", got, truth,
+                        lv.pos, b.names, TOLERANCES[dt], relative=True, paths=lv.paths,
+                        baseline=base, round_to=jnp.dtype(dt))
+            if not c.ok:
+                return b.put("dtypes", False, f"{dt}: {_summary(c)}")
+        b.put("dtypes", True, "float16, bfloat16, float32, float64 kept")
+
     with jax.enable_x64(True):
-        results = _jit(program)({
+        return _Part(program, {
             dt: (lv.values, ct[0], [jax.device_put(np.asarray(v, np.float64)) for v in lv.values],
                  [jax.device_put(np.asarray(v, np.float64)) for v in ct[0]])
-            for dt, (lv, ct) in cases.items()})
-    for dt, (got, base, truth) in results.items():
-        lv = cases[dt][0]
-        c = compare("reference" if b.ref is not None else "float64_truth", got, truth, lv.pos,
-                    b.names, TOLERANCES[dt], relative=True, paths=lv.paths, baseline=base,
-                    round_to=jnp.dtype(dt))
-        if not c.ok:
-            return f"{dt}: {_summary(c)}"
-    return None
+            for dt, (lv, ct) in cases.items()}, judge)
 
 
-def _transforms(b: _Battery, wanted: Sequence[str]) -> None:
-    """The VJP under jit, vmap, scan and jax.checkpoint equals the plain one (float32)."""
-    args = b.args(jnp.float32)
-    lv = _Leaves(args, b.argnums)
+def _transforms(b: _Battery, wanted: Sequence[str]) -> _Part:
+    """The VJP under jit, vmap, scan and jax.checkpoint equals the plain one (float32).
+
+    One program evaluates every transformation; the plain (op-by-op) VJP for the ``jit``
+    row runs when the results are judged.
+    """
+    lv = _Leaves(b.args(jnp.float32), b.argnums)
     other = _Leaves(b.args(jnp.float32, seed=b.seed + 1), b.argnums)
     g = lv.function(b.prim.call)
     outs = jax.eval_shape(g, *lv.values)
@@ -304,24 +374,28 @@ def _transforms(b: _Battery, wanted: Sequence[str]) -> None:
     }
     todo = [t for t in ("vmap", "scan", "remat") if t in wanted]
 
-    def everything(x, x2):
-        return (one(x), one(x2)), {t: transforms[t](x, x2) for t in todo}
+    def everything(xs):
+        return (one(xs[0]), one(xs[1])), {t: transforms[t](*xs) for t in todo}
 
-    try:  # one program for all transformations; on a crash, find which one crashed
-        base, results = _host(_jit(everything)(lv.values, other.values))
-    except Exception:
+    def judge(results: Any) -> None:
+        base, done = results
+        if "jit" in wanted:
+            _same(b, "jit", list(base[0]), one(lv.values), lv)
+        for t, got in done.items():
+            expect = [np.stack([u, v if t != "remat" else u]) for u, v in zip(*base, strict=True)]
+            _same(b, t, got, expect, lv)
+
+    def alone() -> None:  # one program crashed: find which transformation crashed
         base = _host(_jit(lambda x, x2: (one(x), one(x2)))(lv.values, other.values))
-        results = {}
+        done = {}
         for t in todo:
             try:
-                results[t] = _jit(transforms[t])(lv.values, other.values)
+                done[t] = _jit(transforms[t])(lv.values, other.values)
             except Exception as exc:
                 b.put(t, False, _error_text(exc))
-    if "jit" in wanted:
-        _same(b, "jit", list(base[0]), one(lv.values), lv)
-    for t, got in results.items():
-        expect = [np.stack([u, v if t != "remat" else u]) for u, v in zip(*base, strict=True)]
-        _same(b, t, got, expect, lv)
+        judge((base, done))
+
+    return _Part(everything, (lv.values, other.values), judge, alone)
 
 
 def _same(b: _Battery, check: str, got: Sequence[Any], want: Sequence[Any],

@@ -26,6 +26,11 @@ Checks, in order:
     float16/bfloat16 values agree element by element with a float64 truth.
 ``jit``, ``vmap``, ``scan``, ``remat``
     the VJP under each transformation equals the plain one.
+
+Compiling is most of the battery's time, so checks share programs: primal, reference and
+the transformations are one float32 program, edge points and dtypes one float64 program,
+and ``check_vjp`` evaluates the float64 checks in one more. If a shared program crashes,
+each check runs alone, so a crash fails the row of the check that crashed.
 """
 
 from __future__ import annotations
@@ -108,35 +113,34 @@ def check_primitive(prim: Any, *, checks: Sequence[str] | None = None, quick: bo
         raise ValueError(f"check_primitive: unknown check(s) {unknown}; known: {list(CHECKS)}")
     t0 = time.perf_counter()
     b = _Battery(prim, seed)
-    if "primal" in wanted:
-        b.run(["primal"], lambda: ck._primal(b))
-    if "reference" in wanted:
-        shapes = prim.sample_shapes[:1] if quick else prim.sample_shapes
-        b.run(["reference"], lambda: ck._reference(b, shapes))
+    _float32_checks(b, wanted, prim.sample_shapes[:1] if quick else prim.sample_shapes)
     f64 = [c for c in ("finite differences", "dot product", "grad of grad") if c in wanted]
     if f64:
         b.run(f64, lambda: ck._float64(b, "grad of grad" in wanted))
-    pointwise = [c for c in ("kinks", "edge points") if c in wanted]
-    if pointwise:
-        b.run(pointwise, lambda: _pointwise(b, pointwise))
-    if "dtypes" in wanted:
-        b.run(["dtypes"], lambda: ck._dtypes(b))
-    tr = [c for c in ("jit", "vmap", "scan", "remat") if c in wanted]
-    if tr:
-        b.run(tr, lambda: ck._transforms(b, tr))
+    if "kinks" in wanted:
+        b.run(["kinks"], lambda: ck._kinks(b) if b.unary_elementwise() else
+              b.put("kinks", True, "not a unary elementwise rule"))
+    ck.run_parts(b, [(row, build) for row, build in (
+        (["edge points"], lambda: ck._edges(b)), (["dtypes"], lambda: ck._dtypes(b)))
+        if row[0] in wanted], x64=True)
     rows = tuple(b.rows[c] for c in CHECKS if c in b.rows and c in wanted)
     return PrimitiveReport(prim.name, getattr(prim, "formula", ""), rows,
                            time.perf_counter() - t0)
 
 
-def _pointwise(b: _Battery, which: Sequence[str]) -> None:
-    if "kinks" in which:
-        if b.unary_elementwise():
-            b.run(["kinks"], lambda: ck._kinks(b))
-        else:
-            b.put("kinks", True, "not a unary elementwise rule")
-    if "edge points" in which:
-        b.run(["edge points"], lambda: ck._edges(b))
+def _float32_checks(b: _Battery, wanted: Sequence[str], shapes: Sequence[Any]) -> None:
+    """primal, reference and the transformations: one float32 program."""
+    parts = []
+    if "primal" in wanted:
+        parts.append((["primal"], lambda: ck._primal(b)))
+    if "reference" in wanted and b.ref is None:
+        b.run(["reference"], lambda: ck._reference_f64(b, shapes))
+    elif "reference" in wanted:
+        parts.append((["reference"], lambda: ck._reference(b, shapes)))
+    tr = [c for c in ("jit", "vmap", "scan", "remat") if c in wanted]
+    if tr:
+        parts.append((tr, lambda: ck._transforms(b, tr)))
+    ck.run_parts(b, parts)
 
 
 def check_registry(names: Sequence[str] | None = None, *,
