@@ -301,11 +301,7 @@ def _dtypes(b: _Battery) -> _Part | None:
         with jax.enable_x64(dt == "float64"):
             args = b.args(jnp.dtype(dt), shapes)
             lv = _Leaves(args, b.argnums)
-            g = lv.function(b.prim.call)
-            outs = jax.eval_shape(g, *lv.values)
-            grads = jax.eval_shape(lambda x, g=g: _vjps(g, x, [[jnp.ones(o.shape, o.dtype)
-                                                               for o in g(*x)]])[1][0],
-                                   lv.values)
+            outs, grads = jax.eval_shape(_with_cotangents(lv.function(b.prim.call)), lv.values)
         bad = [f"output{k} is {o.dtype}" for k, o in enumerate(outs) if o.dtype != dt]
         bad += [f"cotangent of {b.names[p]!r}{path} is {gi.dtype}"
                 for p, path, gi in zip(lv.pos, lv.paths, grads, strict=True) if gi.dtype != dt]
@@ -315,6 +311,14 @@ def _dtypes(b: _Battery) -> _Part | None:
         if dt in ("float16", "bfloat16"):
             cases[dt] = (lv, _cotangents(outs, 1, b.seed))
     return _low_precision_values(b, cases)
+
+
+def _with_cotangents(g: Callable[..., list]) -> Callable[[list], tuple]:
+    """``x -> (outputs, cotangents of x for cotangents of ones)``, one forward pass."""
+    def f(x):
+        outs, pull = jax.vjp(g, *x)
+        return outs, list(pull([jnp.ones(o.shape, o.dtype) for o in outs]))
+    return f
 
 
 def _low_precision_values(b: _Battery, cases: dict) -> _Part:
