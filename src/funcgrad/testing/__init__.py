@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._leaves import only_args as only_args  # used by tests; not public API
 from .battery import CHECKS, PrimitiveReport, Row, check_primitive, check_registry
 from .compare import (
     FD_TOLERANCE,
@@ -27,7 +28,6 @@ from .compare import (
 )
 from .plugin import assert_primitive_ok, parametrize_primitives
 from .vjp import CheckResult, assert_vjp_matches, check_vjp
-from .vjp import only_args as only_args  # used by tests; not public API
 
 __all__ = [
     "TOLERANCES",

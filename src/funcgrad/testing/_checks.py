@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._compile import _jit
+from ._leaves import _Leaves
 from ._state import _Battery, _error_text, _size, _summary
 from .compare import EDGE_AGREEMENT, TOLERANCES, Tolerance, compare, merge
-from .vjp import _cotangents, _Leaves, _vjps
+from .vjp import _cotangents, _vjps
 
 
 def _host(tree: Any) -> Any:
@@ -159,29 +160,37 @@ _F64_ROWS = {"reference": "reference", "finite_differences": "finite differences
              "dot_product": "dot product", "second_order": "grad of grad"}
 
 
-def _float64(b: _Battery, second_order: bool) -> None:
+def _float64(b: _Battery, second_order: bool) -> _Part:
     """float64: reference, finite differences, the dot-product test and grad of grad.
 
     A surrogate gradient (straight-through estimators, gradient clipping or reversal)
     differs from the derivative of its forward by design. It is declared by a reference
     whose own autodiff disagrees with finite differences of its forward (the
     ``stop_gradient`` idiom); the rule is then held to that reference, and the
-    finite-difference rows say so instead of failing.
+    finite-difference rows say so instead of failing. A float64 part (``check_vjp``'s
+    program).
     """
     with jax.enable_x64(True):
         args = b.args(jnp.float64, max(b.prim.sample_shapes, key=_size))
-        r = b.vjp(b.prim.call, args=args, reference=b.ref, second_order=second_order,
-                  num_cotangents=2)
-        fd_failed = any(not c.ok for c in r.comparisons if c.check != "reference")
-        surrogate = fd_failed and b.ref is not None and not b.vjp(
-            b.ref, args=args, num_cotangents=1).ok
-    for c in r.comparisons:
-        row = _F64_ROWS[c.check]
-        if surrogate and c.check != "reference":
-            b.put(row, True, "surrogate gradient declared by the reference (its autodiff "
-                             "differs from finite differences of its forward); held to it")
-        else:
-            b.put(row, c.ok, ("float64 " if c.check == "reference" else "") + _summary(c))
+        program, inputs, verdict = b.vjp(b.prim.call, args=args, reference=b.ref,
+                                         second_order=second_order, num_cotangents=2,
+                                         deferred=True)
+
+    def judge(results: Any) -> None:
+        with jax.enable_x64(True):
+            r = verdict(results)
+            fd_failed = any(not c.ok for c in r.comparisons if c.check != "reference")
+            surrogate = fd_failed and b.ref is not None and not b.vjp(
+                b.ref, args=args, num_cotangents=1).ok
+        for c in r.comparisons:
+            row = _F64_ROWS[c.check]
+            if surrogate and c.check != "reference":
+                b.put(row, True, "surrogate gradient declared by the reference (its autodiff "
+                                 "differs from finite differences of its forward); held to it")
+            else:
+                b.put(row, c.ok, ("float64 " if c.check == "reference" else "") + _summary(c))
+
+    return _Part(program, inputs, judge)
 
 
 def _rule_grad(fn: Callable[..., Any]) -> Callable[[jax.Array], jax.Array]:

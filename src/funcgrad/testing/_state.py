@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .compare import Comparison
-from .vjp import check_vjp
+from .vjp import _deferred, check_vjp
 
 __all__ = ["Row"]
 
@@ -105,9 +105,11 @@ class _Battery:
             for c in checks:
                 self.put(c, False, _error_text(exc))
 
-    def vjp(self, fn: Any, **kw: Any):
-        return check_vjp(fn, *kw.pop("args"), argnums=self.argnums, argnames=self.names,
-                         seed=self.seed, **kw)
+    def vjp(self, fn: Any, *, deferred: bool = False, **kw: Any):
+        """``check_vjp`` with this battery's arguments, names and seed (``deferred``: as
+        ``(program, inputs, verdict)``, float64 only)."""
+        return (_deferred if deferred else check_vjp)(
+            fn, *kw.pop("args"), argnums=self.argnums, argnames=self.names, seed=self.seed, **kw)
 
     def unary_elementwise(self) -> bool:
         if len(self.prim.args) != 1 or self.argnums != [0]:

@@ -28,9 +28,9 @@ Checks, in order:
     the VJP under each transformation equals the plain one.
 
 Compiling is most of the battery's time, so checks share programs: primal, reference and
-the transformations are one float32 program, edge points and dtypes one float64 program,
-and ``check_vjp`` evaluates the float64 checks in one more. If a shared program crashes,
-each check runs alone, so a crash fails the row of the check that crashed.
+the transformations are one float32 program; edge points, dtypes and ``check_vjp``'s
+float64 checks one float64 program. If a shared program crashes, each check runs alone,
+so a crash fails the row of the check that crashed.
 """
 
 from __future__ import annotations
@@ -114,15 +114,16 @@ def check_primitive(prim: Any, *, checks: Sequence[str] | None = None, quick: bo
     t0 = time.perf_counter()
     b = _Battery(prim, seed)
     _float32_checks(b, wanted, prim.sample_shapes[:1] if quick else prim.sample_shapes)
-    f64 = [c for c in ("finite differences", "dot product", "grad of grad") if c in wanted]
-    if f64:
-        b.run(f64, lambda: ck._float64(b, "grad of grad" in wanted))
     if "kinks" in wanted:
         b.run(["kinks"], lambda: ck._kinks(b) if b.unary_elementwise() else
               b.put("kinks", True, "not a unary elementwise rule"))
-    ck.run_parts(b, [(row, build) for row, build in (
+    f64 = [c for c in ("finite differences", "dot product", "grad of grad") if c in wanted]
+    parts = [(row, build) for row, build in (
         (["edge points"], lambda: ck._edges(b)), (["dtypes"], lambda: ck._dtypes(b)))
-        if row[0] in wanted], x64=True)
+        if row[0] in wanted]
+    if f64:
+        parts.append((f64, lambda: ck._float64(b, "grad of grad" in wanted)))
+    ck.run_parts(b, parts, x64=True)
     rows = tuple(b.rows[c] for c in CHECKS if c in b.rows and c in wanted)
     return PrimitiveReport(prim.name, getattr(prim, "formula", ""), rows,
                            time.perf_counter() - t0)

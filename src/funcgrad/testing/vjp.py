@@ -18,6 +18,7 @@ The report names the worst element: argument, pytree path, index, expected and a
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._compile import _jit
+from ._leaves import _as_array, _is_float, _Leaves
 from .compare import FD_TOLERANCE, Comparison, Mismatch, Tolerance, compare, merge, tolerance_for
 
 __all__ = ["CheckResult", "assert_vjp_matches", "check_vjp"]
@@ -86,75 +88,6 @@ class CheckResult:
         return "\n".join(lines)
 
 
-def only_args(fn: Callable[..., Any], args: Sequence[Any],
-              positions: Sequence[int]) -> Callable[..., Any]:
-    """``fn`` as a function of the arguments at ``positions`` only, the others fixed.
-
-    Args:
-        fn: a function of all ``args``.
-        args: the full argument list; entries at ``positions`` are placeholders.
-        positions: the positions that become the new function's arguments, in order.
-
-    Returns:
-        ``g(*values)`` that calls ``fn`` with ``values`` substituted at ``positions``.
-
-    Examples:
-        >>> only_args(lambda a, b, c: a * 100 + b * 10 + c, [1, 2, 3], [2, 0])(9, 7)
-        729
-    """
-    def g(*values: Any) -> Any:
-        full = list(args)
-        for i, v in zip(positions, values, strict=True):
-            full[i] = v
-        return fn(*full)
-    return g
-
-
-def _is_float(x: Any) -> bool:
-    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
-
-
-def _as_array(x: Any) -> Any:
-    try:
-        return jnp.asarray(x)
-    except TypeError:
-        return x
-
-
-class _Leaves:
-    """The differentiable (floating) leaves of the selected arguments, with their paths."""
-
-    def __init__(self, args: Sequence[Any], argnums: Sequence[int]):
-        self.args, self.argnums = list(args), tuple(argnums)
-        self.parts = []  # (pos, treedef, all leaves, float leaf indices)
-        self.pos, self.paths, self.values = [], [], []
-        for p in self.argnums:
-            flat, treedef = jax.tree_util.tree_flatten_with_path(self.args[p])
-            idx = [k for k, (_, leaf) in enumerate(flat) if _is_float(leaf)]
-            self.parts.append((p, treedef, [leaf for _, leaf in flat], idx))
-            for k in idx:
-                self.pos.append(p)
-                self.paths.append(jax.tree_util.keystr(flat[k][0]))
-                self.values.append(flat[k][1])
-
-    def function(self, fn: Callable[..., Any], cast: Any = None) -> Callable[..., list]:
-        """``g(*leaves) -> [float output leaves]``; other float leaves cast to ``cast``."""
-        def up(x):
-            return x.astype(cast) if cast is not None and _is_float(x) else x
-
-        base = [jax.tree.map(up, a) for a in self.args]
-
-        def g(*leaves: Any) -> list:
-            full, it = list(base), iter(leaves)
-            for p, treedef, flat, idx in self.parts:
-                new = [up(v) for v in flat]
-                for k in idx:
-                    new[k] = next(it)
-                full[p] = jax.tree_util.tree_unflatten(treedef, new)
-            return [o for o in jax.tree.leaves(fn(*full)) if _is_float(o)]
-        return g
-
-
 def _parse(fn: Any, args: tuple, reference: Any, argnums: Any, argnames: Any):
     if not callable(fn):
         raise TypeError(f"check_vjp: argument 'fn' must be callable; got {type(fn).__name__}")
@@ -200,21 +133,13 @@ def _flat(vals: Sequence[Any]) -> np.ndarray:
     return np.concatenate([np.asarray(v, np.float64).ravel() for v in vals])
 
 
-def _split(vec: np.ndarray, like: Sequence[Any]) -> list[np.ndarray]:
+def _split(vec: Any, like: Sequence[Any]) -> list[Any]:
+    """A flat vector (NumPy or traced) back into arrays shaped like ``like``."""
     out, start = [], 0
     for v in like:
         n = int(np.prod(v.shape, dtype=np.int64))
         out.append(vec[start:start + n].reshape(v.shape))
         start += n
-    return out
-
-
-def _split_jnp(x: jax.Array, like: Sequence[Any]) -> list[jax.Array]:
-    out, start = [], 0
-    for v in like:
-        size = int(np.prod(v.shape, dtype=np.int64))
-        out.append(x[start:start + size].reshape(v.shape))
-        start += size
     return out
 
 
@@ -231,7 +156,7 @@ def _fd_traced(g: Callable[..., list], x: list, cts: list, dirs: jax.Array,
                eps: float) -> jax.Array:
     """``<ct_k, J d_j>`` by central differences: shape (directions, cotangents)."""
     def h(flat):
-        outs = g(*_split_jnp(flat, x))
+        outs = g(*_split(flat, x))
         return jnp.stack([sum(jnp.sum(o * c) for o, c in zip(outs, ct, strict=True))
                           for ct in cts])
     return _central(h, x, dirs, eps)
@@ -245,7 +170,7 @@ def _so_traced(g: Callable[..., list], x: list, ct: list, ws: list, dirs: jax.Ar
         return sum(jnp.sum(gi * w) for gi, w in zip(grads, ws, strict=True))
 
     grad = jax.grad(h, argnums=tuple(range(len(x))))(*x)
-    return list(grad), _central(lambda flat: h(*_split_jnp(flat, x)), x, dirs, eps)
+    return list(grad), _central(lambda flat: h(*_split(flat, x)), x, dirs, eps)
 
 
 def _fd_judge(est: np.ndarray, got64: list, chosen: np.ndarray, rand: np.ndarray,
@@ -343,14 +268,20 @@ class _Plan:
                 res["so_ref"] = _so_traced(ref64, x, c[0], ws, so_dirs, self.eps)[0]
         return res
 
+    def program(self, g: Callable, cts: list) -> tuple[Callable, tuple]:
+        """float64: everything in one traceable function of one input tree (under x64)."""
+        def both(inputs):
+            x, c, d, w, s = inputs
+            low = self._low(g, x, c)
+            return {**low, **self._high(x, c, d, w, s, low["got"])}
+        self.x64 = self.lv.values
+        return both, (self.lv.values, cts, self.dirs, self.ws, self.so_dirs)
+
     def run(self, g: Callable, cts: list) -> dict:
         if self.dname == "float64":  # one program for everything
-            def both(x, c, d, w, s):
-                low = self._low(g, x, c)
-                return {**low, **self._high(x, c, d, w, s, low["got"])}
             with jax.enable_x64(True):
-                self.x64 = self.lv.values
-                return _jit(both)(self.lv.values, cts, self.dirs, self.ws, self.so_dirs)
+                fn, inputs = self.program(g, cts)
+                return _jit(fn)(inputs)
         res = _jit(lambda x, c: self._low(g, x, c))(self.lv.values, cts)
         if not (self.truth or self.fd or self.so):
             return res
@@ -450,26 +381,63 @@ def check_vjp(
         >>> r.ok, r.worst.argname, r.worst.index, round(r.worst.expected / r.worst.actual, 6)
         (False, 'arg0', (1,), 1.5)
     """
+    plan, g, cts = _prepare(fn, args, reference, argnums, argnames, num_cotangents, seed,
+                            tolerance, fd=finite_differences, so=second_order,
+                            max_elements=fd_max_elements, num_directions=num_directions,
+                            eps=fd_eps)
+    return _finish(plan.run(g, cts), plan)
+
+
+def _prepare(fn: Callable, args: tuple, reference: Any, argnums: Any, argnames: Any,
+             num_cotangents: int, seed: int, tolerance: Tolerance | None,
+             **options: Any) -> tuple[_Plan, Callable, list]:
+    """check_vjp up to its programs: the plan, the function of the leaves, the cotangents."""
     reference, args, names, argnums = _parse(fn, args, reference, argnums, argnames)
     lv = _Leaves(args, argnums)
     dname = jnp.dtype(jnp.result_type(*lv.values)).name
     tol = tolerance or tolerance_for(dname)
     g = lv.function(fn)
-    outs = _output_shapes(g, lv, reference)
-    cts = _cotangents(outs, num_cotangents, seed)
-    plan = _Plan(lv, fn, reference, dname, finite_differences, second_order, fd_max_elements,
-                 num_directions, seed, fd_eps)
-    res = plan.run(g, cts)
+    cts = _cotangents(_output_shapes(g, lv, reference), num_cotangents, seed)
+    plan = _Plan(lv, fn, reference, dname, seed=seed, **options)
+    plan.names, plan.tol = names, tol
+    return plan, g, cts
+
+
+def _finish(res: dict, plan: _Plan) -> CheckResult:
+    """check_vjp's verdict on the evaluated results."""
+    lv, names = plan.lv, plan.names
     for grads in res["got"]:
         for p, path, gi, xi in zip(lv.pos, lv.paths, grads, lv.values, strict=True):
             if gi.dtype != xi.dtype or gi.shape != xi.shape:
                 raise AssertionError(
                     f"check_vjp: cotangent of argument {names[p]!r}{path} has shape/dtype "
                     f"{gi.shape}/{gi.dtype}, expected {xi.shape}/{xi.dtype}")
-    comparisons = _judge(res, plan, names, tol, finite_differences, second_order)
+    comparisons = _judge(res, plan, names, plan.tol, plan.fd, plan.so)
     merged = merge("all", comparisons)
     return CheckResult(all(c.ok for c in comparisons), merged.max_abs_err, merged.max_rel_err,
-                       merged.worst, tuple(comparisons), dname)
+                       merged.worst, tuple(comparisons), plan.dname)
+
+
+def _deferred(fn: Callable[..., Any], *args: Any,
+              **kwargs: Any) -> tuple[Callable, Any, Callable[[Any], CheckResult]]:
+    """:func:`check_vjp` on float64 arguments, deferred: ``(program, inputs, verdict)``.
+
+    For a caller that evaluates several checks in one compiled program: the result of
+    ``program(inputs)`` (under ``jax.enable_x64(True)``) given to ``verdict`` is
+    ``check_vjp(fn, *args, **kwargs)``. Options and their defaults are check_vjp's.
+    """
+    bound = inspect.signature(check_vjp).bind(fn, *args, **kwargs)
+    bound.apply_defaults()
+    o = bound.arguments
+    plan, g, cts = _prepare(fn, o["args"], o["reference"], o["argnums"], o["argnames"],
+                            o["num_cotangents"], o["seed"], o["tolerance"],
+                            fd=o["finite_differences"], so=o["second_order"],
+                            max_elements=o["fd_max_elements"],
+                            num_directions=o["num_directions"], eps=o["fd_eps"])
+    if plan.dname != "float64":
+        raise ValueError(f"check_vjp: deferred checks need float64 arguments; got {plan.dname}")
+    program, inputs = plan.program(g, cts)
+    return program, inputs, lambda results: _finish(results, plan)
 
 
 def assert_vjp_matches(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> CheckResult:
