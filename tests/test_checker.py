@@ -250,3 +250,21 @@ def test_checker_compiles_with_fast_options_the_build_accepts():
     assert "xla_backend_optimization_level" in options  # known to every XLA backend
     assert _compile._accepted(options)
     assert not _compile._accepted({"xla_no_such_option_for_funcgrad": 1})  # dropped, not fatal
+
+
+def test_a_crash_in_a_shared_program_fails_only_the_check_that_crashed():
+    from funcgrad import registry
+
+    # the forward is right; the backward forgets to unbroadcast y, so every VJP crashes
+    prim = fg.primitive(name="_shared_program_crash", fwd=lambda x, y: (x * y, (x, y)),
+                        bwd=lambda r, g: (g * r[1], g * r[0]), reference=lambda x, y: x * y,
+                        formula="d(xy) = y dx + x dy", sample_shapes=(((3, 4), ()),),
+                        replace=True)
+    try:
+        report = testing.check_primitive(prim, checks=["primal", "reference", "jit"])
+    finally:
+        registry.unregister("_shared_program_crash")
+    rows = {r.check: r for r in report.rows}
+    assert rows["primal"].ok, rows["primal"]  # shares the float32 program, did not crash
+    for check in ("reference", "jit"):
+        assert not rows[check].ok and rows[check].detail.startswith("crashed: "), rows[check]
