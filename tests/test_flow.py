@@ -145,10 +145,16 @@ def _definition(tree):
     return {k: np.array(v, np.float64) for k, v in out.items()}
 
 
-def test_layer_stats_equal_the_definition_with_nonfinite_huge_and_odd_layers():
+@pytest.mark.parametrize("limit", [1 << 18, 0], ids=["updates in the cond", "updates apart"])
+def test_layer_stats_equal_the_definition_with_nonfinite_huge_and_odd_layers(limit,
+                                                                             monkeypatch):
     """Per-layer reductions give what the old segment-sum implementation defined, on a tree
     with a nan, an inf, float32-overflowing values, an empty layer, an integer leaf and a
-    bfloat16 leaf."""
+    bfloat16 leaf; with the update norms rescued in the shared cond (small updates) and
+    apart from it (large ones)."""
+    from funcgrad.flow import stats
+
+    monkeypatch.setattr(stats, "UPDATES_IN_COND_LIMIT", limit)
     rng = np.random.default_rng(7)
     grads = _random_tree(rng, zeros=0.25) + [
         {"w": np.array([3e20, -4e20, 0.0], np.float32)},
@@ -167,7 +173,8 @@ def test_layer_stats_equal_the_definition_with_nonfinite_huge_and_odd_layers():
                                    np.full(4, 1e-30, np.float32)]
     updates[0]["b"][0] = np.inf
     updates[2]["w"][0, 0] = np.nan
-    got = jax.jit(flow.layer_stats)(grads, params, updates)
+    # a new function: jit's trace cache must not hand back the other limit's program
+    got = jax.jit(lambda *trees: flow.layer_stats(*trees))(grads, params, updates)
     g, p, u = _definition(grads), _definition(params), _definition(updates)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(p["norm"] > 0, u["norm"] / p["norm"], np.nan)

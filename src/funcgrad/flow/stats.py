@@ -166,13 +166,18 @@ def _norms(groups: Sequence[_Group]) -> list[jax.Array]:
                         lambda _: [jnp.sqrt(sq) for sq in squares], None)
 
 
+#: Above this many elements the updates stay out of :func:`_norms`' ``lax.cond``.
+UPDATES_IN_COND_LIMIT = 1 << 18
+
+
 def _selected_norms(group: _Group) -> jax.Array:
     """:func:`_norms` of one group without a ``lax.cond``: both sums, selected per layer.
 
-    For a tree that XLA would otherwise never write to memory, such as the updates that
-    ``optax.apply_updates`` fuses into the new parameters: handing it to a ``lax.cond``
-    materialises it, which cost a 784-1024-1024-10 step about 10%; two more reductions
-    that XLA can fuse cost about 1%.
+    For a large tree that XLA would otherwise never write to memory, such as the updates
+    that ``optax.apply_updates`` fuses into the new parameters. Handing it to a
+    ``lax.cond`` writes it out, which cost a 784-1024-1024-10 step about 10%; two more
+    reductions that XLA can fuse cost about 1%. For a small tree the write is cheap and
+    the extra reductions are not (``UPDATES_IN_COND_LIMIT``).
     """
     sq = _plain_squares(group)
     return jnp.where(_risky(sq, group), _scaled_norms(group), jnp.sqrt(sq))
@@ -279,16 +284,19 @@ def layer_stats(grads: Any, params: Any = None, updates: Any = None) -> dict[str
                 "grad_zero_fraction": empty}
     g, summary = _summaries(g)
     n = len(g.per_layer)
-    named = [("grad_norm", g)]
-    if params is not None:
-        named.append(("param_norm", _checked_layers(params, "layer_stats", "params", n)))
-    norms = _norms([group for _, group in named])
+    named = [("grad_norm", g)] + [
+        (key, _checked_layers(tree, "layer_stats", arg, n))
+        for key, tree, arg in (("param_norm", params, "params"),
+                               ("update_norm", updates, "updates")) if tree is not None]
+    # large updates stay out of the cond (see _selected_norms)
+    apart = updates is not None and sum(
+        int(x.size) for leaves in named[-1][1].per_layer for x in leaves
+    ) > UPDATES_IN_COND_LIMIT
+    groups = [group for _, group in named]
+    norms = [*_norms(groups[:-1]), _selected_norms(groups[-1])] if apart else _norms(groups)
     out = {"grad_norm": norms[0], "grad_mean_abs": summary["mean_abs"],
            "grad_max_abs": summary["max_abs"], "grad_zero_fraction": summary["zero_fraction"]}
     out.update({key: norm for (key, _), norm in zip(named[1:], norms[1:], strict=True)})
-    if updates is not None:  # an intermediate: no lax.cond (see _selected_norms)
-        out["update_norm"] = _selected_norms(
-            _checked_layers(updates, "layer_stats", "updates", n))
     if params is not None and updates is not None:
         pn, un = out["param_norm"], out["update_norm"]
         out["update_ratio"] = jnp.where(pn > 0, un / jnp.where(pn > 0, pn, 1.0), jnp.nan)
