@@ -223,15 +223,38 @@ def current_learning_rate(opt_state: Any) -> jax.Array:
         >>> float(current_learning_rate(state))
         0.25
     """
+    found = _named_leaf(opt_state, "learning_rate")
+    return jnp.asarray(jnp.nan, jnp.float32) if found is None else found
+
+
+def _named_leaf(opt_state: Any, name: str) -> jax.Array | None:
+    """The one leaf named ``name`` in an optax state (a snapshot, an injected
+    hyperparameter) as float32; ``None`` if there is none, or several (no single answer)."""
     import optax
 
     try:
-        found = optax.tree.get(opt_state, "learning_rate", default=None)
-    except KeyError:  # several leaves of that name: no single answer
-        found = None
-    if found is None:
-        return jnp.asarray(jnp.nan, jnp.float32)
-    return jnp.asarray(found, jnp.float32)
+        found = optax.tree.get(opt_state, name, default=None)
+    except KeyError:  # several leaves of that name
+        return None
+    return None if found is None else jnp.asarray(found, jnp.float32)
+
+
+def update_norm(opt_state: Any, updates: Any) -> jax.Array:
+    """Global norm of the update: the :data:`UPDATE_NORM` snapshot of the state ``tx.update``
+    returned, where the chain keeps one (:func:`optimizer`'s plain SGD), else reduced from
+    ``updates``.
+
+    Args:
+        opt_state: the optimizer state ``tx.update`` returned.
+        updates: the updates it returned.
+
+    Returns:
+        A float32 scalar (float64 for float64 updates under x64).
+    """
+    from ..flow.stats import layer_squares
+
+    found = _named_leaf(opt_state, UPDATE_NORM)
+    return jnp.sqrt(jnp.sum(layer_squares(updates))) if found is None else found
 
 
 def optimizer(
@@ -402,11 +425,9 @@ def clipped_grad_norm(tx: Any, grads: Any, opt_state: Any, new_opt_state: Any, p
     Returns:
         A float32 scalar, NaN when the norm after clipping cannot be known.
     """
-    import optax
-
-    found = optax.tree.get(new_opt_state, CLIPPED_NORM, default=None)
+    found = _named_leaf(new_opt_state, CLIPPED_NORM)
     if found is not None:
-        return jnp.asarray(found, jnp.float32)
+        return found
 
     def update(t: jax.Array) -> Any:
         return tx.update(jax.tree.map(lambda g: (t * g).astype(g.dtype), grads), opt_state,

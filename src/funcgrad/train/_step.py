@@ -13,7 +13,7 @@ from .. import primitives as P
 from ..flow.stats import layer_squares as _layer_squares
 from ..flow.taps import tapped_value_and_grad
 from ..tensorboard import layer_histograms
-from ._optimizer import UPDATE_NORM, clipped_grad_norm, current_learning_rate
+from ._optimizer import clipped_grad_norm, current_learning_rate, update_norm
 from ._precision import scaled_loss, unscale
 
 __all__ = [
@@ -135,7 +135,7 @@ def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None,
             "clipped_grad_norm": clipped_grad_norm(tx, grads, state.opt_state, new_opt,
                                                    state.params, grad_norm),
             "layer_grad_norms": jnp.sqrt(layer_sq),
-            "update_norm": jnp.where(take, _update_norm(new_opt, updates), 0.0),
+            "update_norm": jnp.where(take, update_norm(new_opt, updates), 0.0),
             "finite": finite,
             "learning_rate": current_learning_rate(new_opt),
         }
@@ -165,17 +165,6 @@ def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None,
         return new_state, metrics
 
     return step
-
-
-def _update_norm(opt_state: Any, updates: Any) -> jax.Array:
-    """The update's global norm: the optimizer's :data:`UPDATE_NORM` snapshot, if it keeps
-    one (``train.optimizer``'s plain SGD), else a reduction over ``updates``."""
-    import optax
-
-    found = optax.tree.get(opt_state, UPDATE_NORM, default=None)
-    if found is not None:
-        return jnp.asarray(found, jnp.float32)
-    return jnp.sqrt(jnp.sum(_layer_squares(updates)))
 
 
 def _measure(stats_fn: Callable, params: Any, grads: Any, updates: Any, batch: Batch,
