@@ -123,28 +123,27 @@ def fit_vs_step(sizes, batch, epochs, per_epoch, reps, fused_k, log):
 
 def _first_call_warm_cache() -> float:
     """Seconds per step of ``_fit_first_call.py``'s fit, its cache filled by a first run."""
-    script = Path(__file__).with_name("_fit_first_call.py")
+    script = str(Path(__file__).with_name("_fit_first_call.py"))
     with tempfile.TemporaryDirectory() as cache:
-        out = []
-        for _ in range(2):
-            proc = subprocess.run([sys.executable, str(script), cache], capture_output=True,
-                                  text=True, timeout=600, check=False)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{script.name} failed: {proc.stderr[-1500:]}")
-            out.append(float(proc.stdout.split()[-1]))
-    return out[-1]
+        _python([script, cache])  # fills the cache
+        return float(_python([script, cache]).split()[-1])
+
+
+def _python(args: list[str], env: dict[str, str] | None = None) -> str:
+    """``python ARGS`` in a subprocess; its stdout, or an error with the end of stderr."""
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=600, check=False, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"python {' '.join(args)} failed: {proc.stderr[-1500:]}")
+    return proc.stdout
 
 
 def _cli(src: Path, argv: list[str], cache: Path, use_cache: bool = True) -> float:
     env = {**os.environ, "PYTHONPATH": str(src), "FUNCGRAD_CACHE_DIR": str(cache),
            "FUNCGRAD_COMPILATION_CACHE": "1" if use_cache else "0"}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "funcgrad.cli", *argv], env=env,
-                          capture_output=True, text=True, timeout=600)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"funcgrad {' '.join(argv)} failed: {proc.stderr[-1500:]}")
-    return wall
+    _python(["-m", "funcgrad.cli", *argv], env)
+    return time.perf_counter() - t0
 
 
 def baseline_tree(rev: str, into: Path) -> Path | None:
@@ -163,14 +162,10 @@ def baseline_tree(rev: str, into: Path) -> Path | None:
 
 def _torch_end_to_end(threads: int | None) -> int:
     """``_torch_train.py`` in a subprocess (the wall time is taken by ``interleave``)."""
-    script = Path(__file__).with_name("_torch_train.py")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     if threads is not None:
         env["TORCH_THREADS"] = str(threads)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=600, check=False, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{script.name} failed: {proc.stderr[-1500:]}")
+    _python([str(Path(__file__).with_name("_torch_train.py"))], env)
     return 1
 
 
