@@ -114,9 +114,14 @@ def _softmax_cross_entropy_check(logits, labels):
 def _softmax_cross_entropy_bwd(res, g):
     probs, labels = res
     num_classes = probs.shape[-1]
-    onehot = jax.nn.one_hot(labels, num_classes, dtype=probs.dtype)
     valid = ((labels >= 0) & (labels < num_classes))[..., None]
-    grad = jnp.where(valid, g[..., None] * (probs - onehot), jnp.nan)  # bad label: nan, loudly
+    # g * (probs - onehot): the one-hot is applied sparsely, -g added at each label (as JAX
+    # transposes take_along_axis). It builds no B x C one-hot, and its label-only index
+    # work can run while the forward dots do (docs/performance.md, issue 9)
+    flat = (g[..., None] * probs).reshape(-1, num_classes)
+    rows = jnp.arange(flat.shape[0])
+    flat = flat.at[rows, labels.reshape(-1)].add(-g.reshape(-1).astype(flat.dtype), mode="drop")
+    grad = jnp.where(valid, flat.reshape(probs.shape), jnp.nan)  # bad label: nan, loudly
     return grad, None
 
 
