@@ -57,7 +57,8 @@ def device_order(key: jax.Array, first_epoch: jax.Array, epochs: int, n: int,
     def one(i: jax.Array) -> jax.Array:
         return jax.random.permutation(jax.random.fold_in(key, first_epoch + i), n)[wrap]
 
-    return jnp.concatenate([one(jnp.int32(i)) for i in range(epochs)])
+    # one batched shuffle (a sort of (epochs, n) keys), however many epochs the program spans
+    return jax.vmap(one)(jnp.arange(epochs, dtype=jnp.int32)).reshape(-1)
 
 
 def step_weights(pos: Any, n: int, batch_size: int, xp: Any = np) -> Any:
