@@ -301,6 +301,19 @@ def test_f_softmax_cross_entropy_gradient_is_softmax_minus_onehot():
     np.testing.assert_allclose(g, want, rtol=1e-6)
 
 
+def test_f_softmax_cross_entropy_bad_label_rows_are_nan_and_only_those():
+    # traced labels skip the eager range check; a bad label's row is NaN, and its scatter
+    # must not land in a neighbouring row (batched, with leading dimensions)
+    logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4))
+    labels = jnp.array([[1, 4, 2], [-1, 3, 0]])
+    g = jax.jit(jax.grad(lambda lg, y: fg.sum(fg.softmax_cross_entropy(lg, y))))(logits, labels)
+    bad = np.array([[False, True, False], [True, False, False]])
+    assert np.all(np.isnan(np.asarray(g)[bad]))
+    safe = np.where(bad, 0, labels)
+    want = jax.nn.softmax(logits) - jax.nn.one_hot(safe, 4)
+    np.testing.assert_allclose(np.asarray(g)[~bad], np.asarray(want)[~bad], rtol=1e-6, atol=1e-7)
+
+
 def test_f_labels_get_no_gradient():
     lab = jnp.array([1, 0])
     _, pull = jax.vjp(fg.softmax_cross_entropy, jnp.zeros((2, 3)), lab)

@@ -115,12 +115,15 @@ def _softmax_cross_entropy_bwd(res, g):
     probs, labels = res
     num_classes = probs.shape[-1]
     valid = ((labels >= 0) & (labels < num_classes))[..., None]
-    # g * (probs - onehot): the one-hot is applied sparsely, -g added at each label (as JAX
-    # transposes take_along_axis). It builds no B x C one-hot, and its label-only index
-    # work can run while the forward dots do (docs/performance.md, issue 9)
-    flat = (g[..., None] * probs).reshape(-1, num_classes)
-    rows = jnp.arange(flat.shape[0])
-    flat = flat.at[rows, labels.reshape(-1)].add(-g.reshape(-1).astype(flat.dtype), mode="drop")
+    # g * (probs - onehot): the one-hot is applied sparsely, -g added at each label by a
+    # scatter into the flat gradient. It builds no B x C one-hot, and its label-only index
+    # work can run while the forward dots do (docs/performance.md, issue 9); a 1-D scatter
+    # compiles faster than a (row, label) one
+    flat = (g[..., None] * probs).reshape(-1)
+    rows = jnp.arange(labels.size, dtype=jnp.int32)
+    ok = valid.reshape(-1)
+    at = jnp.where(ok, rows * num_classes + labels.reshape(-1), flat.size)  # bad: dropped
+    flat = flat.at[at].add(-g.reshape(-1).astype(flat.dtype), mode="drop")
     grad = jnp.where(valid, flat.reshape(probs.shape), jnp.nan)  # bad label: nan, loudly
     return grad, None
 
