@@ -166,6 +166,14 @@ def test_template_mismatch_is_a_value_error_not_corruption(tmp_path):
         warnings.simplefilter("error", CheckpointWarning)
         with CheckpointManager(tmp_path) as mngr, pytest.raises(ValueError, match="skipped"):
             mngr.restore(bad)
+    # a leaf only one side has: a TemplateMismatch that lists it
+    extra = dataclasses.replace(TEMPLATE, params={**TEMPLATE.params, "new": jnp.ones(())})
+    from funcgrad.checkpoint import TemplateMismatch
+
+    with CheckpointManager(tmp_path) as mngr, pytest.raises(TemplateMismatch) as info:
+        mngr.restore(extra)
+    assert (info.value.step, info.value.only_in_checkpoint,
+            info.value.only_in_template) == (10, [], [".params['new']"])
 
 
 # ------------------------------------------------------------------------------- policy

@@ -235,6 +235,24 @@ def test_the_train_step_skips_an_overflow_bitwise_and_halves_the_state_s_scale()
     assert m["grad_norm"].dtype == jnp.float32
 
 
+def test_resuming_under_another_precision_names_the_argument(tmp_path):
+    # a float16 run keeps a loss scale in its state; the others do not
+    pytest.importorskip("orbax.checkpoint")
+    from funcgrad.checkpoint import CheckpointManager
+
+    x, y, _ = _batch(n=16)
+    data = (np.asarray(x), np.asarray(y))
+    for first, then, written in (("f32", "f16", "'f32' or 'bf16'"), ("f16", "bf16", "'f16'")):
+        with CheckpointManager(tmp_path / first) as ck:
+            train.fit(_params(), data, apply_fn=APPLY, tx=train.optimizer(0.1), batch_size=16,
+                      epochs=1, precision=first, checkpoints=ck)
+        with CheckpointManager(tmp_path / first) as ck, pytest.raises(
+                ValueError, match=f"argument 'precision' must match the checkpoint of step 1, "
+                                  f"written with precision {written}.*; got '{then}'"):
+            train.fit(_params(), data, apply_fn=APPLY, tx=train.optimizer(0.1), batch_size=16,
+                      epochs=2, precision=then, checkpoints=ck, resume=True)
+
+
 def test_fit_trains_under_each_precision_with_float32_master_weights():
     _integrated("fit")
     x, y, _ = _batch(n=48)

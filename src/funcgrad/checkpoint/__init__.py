@@ -42,6 +42,7 @@ from .errors import (
     CheckpointWarning,
     NoUsableCheckpointError,
     OrbaxMissingError,
+    TemplateMismatch,
     format_warning,
 )
 from .integrity import RECORD_NAME
@@ -56,6 +57,7 @@ __all__ = [
     "CheckpointWarning",
     "NoUsableCheckpointError",
     "OrbaxMissingError",
+    "TemplateMismatch",
     "format_warning",
     "restore_state",
     "save_state",

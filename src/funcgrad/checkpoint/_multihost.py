@@ -32,9 +32,9 @@ from .integrity import (
     atomic_write_json,
     build_record,
     compare_leaves,
-    describe_mismatch,
     leaf_records,
     read_record,
+    template_mismatch,
     template_signature,
 )
 
@@ -155,7 +155,7 @@ def restore_everywhere(m: CheckpointManager, template: Any,
         record = read_record(m._steps.step_dir(s), s)
         want = [(x["path"], list(x["shape"]), x["dtype"]) for x in record["leaves"]]
         if want != template_signature(template):
-            raise ValueError(describe_mismatch(s, want, template_signature(template)))
+            raise template_mismatch(s, want, template_signature(template))
         restored, problem = None, None
         try:
             restored = m._store.restore(s, abstract)

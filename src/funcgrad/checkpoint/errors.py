@@ -19,6 +19,7 @@ __all__ = [
     "CheckpointWarning",
     "NoUsableCheckpointError",
     "OrbaxMissingError",
+    "TemplateMismatch",
     "filesystem_cause",
     "format_warning",
     "sanitize",
@@ -36,6 +37,23 @@ _MAX_DETAIL = 300
 
 class CheckpointWarning(UserWarning):
     """A checkpoint was found unusable (partial, corrupted, unverifiable) and skipped."""
+
+
+class TemplateMismatch(ValueError):
+    """A restore template does not fit the saved checkpoint (leaves, shapes or dtypes).
+
+    Attributes:
+        step: The checkpoint's step.
+        only_in_checkpoint: Leaf paths the checkpoint holds and the template lacks.
+        only_in_template: Leaf paths the template holds and the checkpoint lacks.
+    """
+
+    def __init__(self, message: str, step: int, only_in_checkpoint: list[str],
+                 only_in_template: list[str]) -> None:
+        super().__init__(message)
+        self.step = step
+        self.only_in_checkpoint = only_in_checkpoint
+        self.only_in_template = only_in_template
 
 
 class CheckpointError(OSError):

@@ -20,6 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from .errors import TemplateMismatch
+
 __all__ = [
     "RECORD_NAME",
     "BadCheckpoint",
@@ -30,6 +32,7 @@ __all__ = [
     "file_sha256",
     "leaf_records",
     "read_record",
+    "template_mismatch",
     "template_signature",
 ]
 
@@ -330,6 +333,25 @@ def compare_leaves(leaves: list[dict[str, Any]], restored: Any) -> str | None:
             if w[field] != g[field]:
                 return f"leaf {w['path']}: {field} {g[field]!r} != recorded {w[field]!r}"
     return None
+
+
+def template_mismatch(
+    step: int, want: list[tuple[str, list[int], str]], have: list[tuple[str, list[int], str]]
+) -> TemplateMismatch:
+    """The error for a template that does not fit the checkpoint of ``step``.
+
+    Args:
+        step: The step.
+        want: :func:`template_signature`-style leaves recorded in the checkpoint.
+        have: The same for the template.
+
+    Returns:
+        A :class:`TemplateMismatch` whose message is :func:`describe_mismatch`'s line.
+    """
+    saved, wanted = {p for p, _, _ in want}, {p for p, _, _ in have}
+    return TemplateMismatch(describe_mismatch(step, want, have), step,
+                            [p for p, _, _ in want if p not in wanted],
+                            [p for p, _, _ in have if p not in saved])
 
 
 def describe_mismatch(

@@ -29,9 +29,9 @@ from .integrity import (
     atomic_write_json,
     build_record,
     compare_leaves,
-    describe_mismatch,
     leaf_records,
     read_record,
+    template_mismatch,
     template_signature,
 )
 from .processes import Processes
@@ -470,7 +470,7 @@ class CheckpointManager:
         want = [(x["path"], list(x["shape"]), x["dtype"]) for x in record["leaves"]]
         have = template_signature(template)
         if want != have:
-            raise ValueError(describe_mismatch(step, want, have))
+            raise template_mismatch(step, want, have)
         abstract = jax.tree.map(abstract_leaf, template)
         try:
             restored = self._store.restore(step, abstract)

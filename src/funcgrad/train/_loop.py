@@ -340,6 +340,22 @@ def _use_hyperparameters(restored: Any, fresh: Any) -> tuple[Any, dict[str, tupl
     return restored._replace(hyperparams={**old, **{k: new[k] for k in changed}}), changed
 
 
+def _precision_mismatch(err: ValueError, precision: str) -> ValueError | None:
+    """The error naming ``precision`` when a checkpoint misfits only by the float16 loss
+    scale (written by a run of another precision), else ``None``."""
+    saved = getattr(err, "only_in_checkpoint", None)
+    wanted = getattr(err, "only_in_template", None)
+    if saved is None or wanted is None or not (saved or wanted) or not all(
+            p.startswith(".loss_scale") for p in [*saved, *wanted]):
+        return None
+    was = "'f16'" if saved else "'f32' or 'bf16'"
+    return ValueError(
+        f"fit: argument 'precision' must match the checkpoint of step {err.step}, written "
+        f"with precision {was} ({'with' if saved else 'without'} a float16 loss scale); "
+        f"got {precision!r}. Resume with the precision it was written with (--precision on "
+        f"the command line), or start a new checkpoint directory")
+
+
 def _initial_state(params: Any, programs: Programs, cfg: FitConfig,
                    restore: tuple[Any, bool], mesh: Any,
                    hooks: FitHooks) -> tuple[TrainState, int | None]:
@@ -355,7 +371,10 @@ def _initial_state(params: Any, programs: Programs, cfg: FitConfig,
                              "a CheckpointManager")
         # nothing saved yet: a fresh start; checkpoints that are all unusable: an error
         fresh = state
-        state, resumed_from = checkpoints.resume(state)
+        try:
+            state, resumed_from = checkpoints.resume(state)
+        except ValueError as err:  # a checkpoint.TemplateMismatch: say which setting
+            raise _precision_mismatch(err, cfg.precision) or err from None
         if resumed_from is not None:
             opt_state, changed = _use_hyperparameters(state.opt_state, fresh.opt_state)
             state = dataclasses.replace(state, opt_state=opt_state)
