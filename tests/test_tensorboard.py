@@ -273,6 +273,47 @@ def test_eval_records(tmp_path, reader):
     assert _scalars(acc, "eval/accuracy") == [(3, 0.75)]
 
 
+def test_a_resumed_run_hides_what_the_interrupted_one_logged_past_its_checkpoint(
+        tmp_path, reader):
+    import time
+
+    def run(logdir, start, value, purge):
+        with tb.TensorBoardWriter(logdir) as writer:
+            if purge:
+                writer.purge_from(start)
+            for step in range(start, 10, 2):
+                writer.write({"step": step, "train_loss": value})
+
+    for purge in (False, True):
+        run(tmp_path / str(purge), 2, 1.0, False)  # interrupted after step 8
+    time.sleep(1.1)  # tensorboardX names event files by the second
+    for purge in (False, True):
+        run(tmp_path / str(purge), 4, 2.0, purge)  # resumed from the checkpoint of step 4
+    # without the purge TensorBoard shows both runs' steps 4-8; with it, the resumed run's
+    assert len(_scalars(reader(tmp_path / "False"), "loss")) == 7
+    assert _scalars(reader(tmp_path / "True"), "loss") == [(2, 1.0), (4, 2.0), (6, 2.0),
+                                                           (8, 2.0)]
+    with tb.TensorBoardWriter(tmp_path / "x") as writer, pytest.raises(
+            ValueError, match="purge_from: argument 'step' must be an int >= 0; got -1"):
+        writer.purge_from(-1)
+
+
+def test_cli_resume_purges_the_tensorboard_log_from_the_resumed_step(capsys):
+    from funcgrad.cli import train as cli_train
+    from funcgrad.cli._report import MetricsLog
+
+    class Writer:
+        purged: list[int] = []
+
+        def purge_from(self, step):
+            self.purged.append(step)
+
+    hooks = cli_train._hooks(None, None, MetricsLog(None), Writer())  # (args: unused here)
+    hooks["on_resume"](45, {})
+    assert Writer.purged == [45]
+    assert "resuming from the checkpoint at step 45" in capsys.readouterr().out
+
+
 def test_writer_rejects_bad_records(tmp_path, reader):
     writer = tb.TensorBoardWriter(tmp_path, layer_names=["a"])
     with pytest.raises(ValueError, match=r"TensorBoardWriter.write: the record has 2 layers "

@@ -430,6 +430,30 @@ class TensorBoardWriter:
             if record.get(key) is not None:
                 self._writer.add_scalar(tag, _as_float(record[key]), step)
 
+    def purge_from(self, step: int) -> None:
+        """Hide the events at ``step`` and later that an earlier run wrote to this logdir.
+
+        For a run resumed from the checkpoint of ``step``: an interrupted run may have
+        logged past its last checkpoint, and the resumed run logs those steps again.
+        TensorBoard drops every event with a step >= ``step`` that precedes this marker (a
+        ``SessionLog.START`` event, as tensorboardX's ``purge_step`` writes).
+
+        Args:
+            step: the step the run resumes from, an int >= 0.
+
+        Raises:
+            ValueError: if the writer is closed or ``step`` is not an int >= 0.
+        """
+        if self._closed:
+            raise ValueError("TensorBoardWriter.purge_from: the writer is closed")
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"TensorBoardWriter.purge_from: argument 'step' must be an int "
+                             f">= 0; got {step!r}")
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+        self._writer._get_file_writer().add_event(  # tensorboardX's own purge_step path
+            Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+
     def flush(self) -> None:
         """Write everything pending to disk."""
         if not self._closed:

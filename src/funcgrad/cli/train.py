@@ -239,7 +239,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, tuple[Any, Any], Any, list[
     return ds, (x_train, x_test), mesh, devices
 
 
-def _hooks(args: argparse.Namespace, out: Path | None, metrics: MetricsLog) -> dict:
+def _hooks(args: argparse.Namespace, out: Path | None, metrics: MetricsLog,
+           writer: Any = None) -> dict:
     """What the run prints and writes when it resumes or meets a non-finite step."""
 
     def on_resume(step: int, changed: dict[str, tuple[Any, Any]]) -> None:
@@ -249,6 +250,8 @@ def _hooks(args: argparse.Namespace, out: Path | None, metrics: MetricsLog) -> d
             print(f"resuming with {flag} {_short(new)} (checkpoint had {_short(old)})",
                   flush=True)
         metrics.start(step)
+        if writer is not None:  # TensorBoard hides what an interrupted run logged past it
+            writer.purge_from(step)
 
     def on_nonfinite(report: dict[str, Any]) -> None:
         where = ""
@@ -313,8 +316,8 @@ def _fit(args: argparse.Namespace, ds: Any, xs: tuple[Any, Any], mesh: Any,
             return train.fit(params, (xs[0], ds.y_train), apply_fn=_apply_fn(args), tx=tx,
                              config=config, eval_data=(xs[1], ds.y_test),
                              checkpoints=checkpoints, resume=args.resume, mesh=mesh,
-                             hooks=train.FitHooks(progress=bar, flow=flow_history,
-                                                  writer=writer, **_hooks(args, out, metrics)))
+                             hooks=train.FitHooks(progress=bar, flow=flow_history, writer=writer,
+                                                  **_hooks(args, out, metrics, writer)))
     except OSError as exc:  # CheckpointError, NoUsableCheckpointError among them
         from ..checkpoint import NoUsableCheckpointError
 
