@@ -123,8 +123,9 @@ def summarize(v: Any) -> str:
         return aval_str(arr) + " (empty)"
     if np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
         a64 = arr.astype(np.float64)
-        stats = (f"norm={np.linalg.norm(a64):.4g} mean={a64.mean():.4g} "
-                 f"min={a64.min():.4g} max={a64.max():.4g}")
+        with np.errstate(invalid="ignore", over="ignore"):  # inf and -inf: mean nan, said so
+            stats = (f"norm={np.linalg.norm(a64):.4g} mean={a64.mean():.4g} "
+                     f"min={a64.min():.4g} max={a64.max():.4g}")
         return f"{aval_str(arr)} {stats}"
     return aval_str(arr)
 
