@@ -28,7 +28,6 @@ __all__ = [
     "build_record",
     "check_files",
     "compare_leaves",
-    "describe_mismatch",
     "file_sha256",
     "leaf_records",
     "read_record",
@@ -338,7 +337,7 @@ def compare_leaves(leaves: list[dict[str, Any]], restored: Any) -> str | None:
 def template_mismatch(
     step: int, want: list[tuple[str, list[int], str]], have: list[tuple[str, list[int], str]]
 ) -> TemplateMismatch:
-    """The error for a template that does not fit the checkpoint of ``step``.
+    """Why a restore template does not fit the checkpoint of ``step``, as an error.
 
     Args:
         step: The step.
@@ -346,35 +345,21 @@ def template_mismatch(
         have: The same for the template.
 
     Returns:
-        A :class:`TemplateMismatch` whose message is :func:`describe_mismatch`'s line.
+        A :class:`TemplateMismatch` listing the leaves only one side has; its message is
+        one line naming the first differing leaves.
     """
-    saved, wanted = {p for p, _, _ in want}, {p for p, _, _ in have}
-    return TemplateMismatch(describe_mismatch(step, want, have), step,
-                            [p for p, _, _ in want if p not in wanted],
-                            [p for p, _, _ in have if p not in saved])
-
-
-def describe_mismatch(
-    step: int, want: list[tuple[str, list[int], str]], have: list[tuple[str, list[int], str]]
-) -> str:
-    """Why a restore template does not fit the checkpoint of ``step``.
-
-    Args:
-        step: The step.
-        want: :func:`template_signature`-style leaves recorded in the checkpoint.
-        have: The same for the template.
-
-    Returns:
-        One line naming the first differing leaves.
-    """
-    head = (
-        f"CheckpointManager.restore: argument 'template' does not match the checkpoint "
-        f"of step {step}"
-    )
     wp = {p: (s, d) for p, s, d in want}
     hp = {p: (s, d) for p, s, d in have}
     missing = [p for p in wp if p not in hp]
     extra = [p for p in hp if p not in wp]
+    return TemplateMismatch(_mismatch_line(step, wp, hp, missing, extra), step, missing, extra)
+
+
+def _mismatch_line(step: int, wp: dict, hp: dict, missing: list[str], extra: list[str]) -> str:
+    head = (
+        f"CheckpointManager.restore: argument 'template' does not match the checkpoint "
+        f"of step {step}"
+    )
     if missing or extra:
         return (
             f"{head}: leaves only in the checkpoint {missing[:5]}, only in the template {extra[:5]}"
