@@ -103,11 +103,15 @@ def fit_vs_step(sizes, batch, epochs, per_epoch, reps, fused_k, log):
     log(f"fit, first call (compile included): {first * 1e6:8.1f} us/step = "
         f"{1 / first:8,.0f} steps/s; the step just after: {step_now * 1e6:.1f} us/step; "
         f"ratio {step_now / first:.3f}")
-    warm = None
+    warm, floors = None, {}
     if fused_k:  # the small model: a fresh process, cache filled by a first process
-        warm = _first_call_warm_cache()
+        warm = _first_call_warm_cache("fit")
         log(f"fit, first call in a fresh process, warm cache: {warm * 1e6:8.1f} us/step; "
             f"ratio {step_now / warm:.3f}")
+        for what in ("fused", "plain"):  # the floor: the same first call, no fit around it
+            floors[what] = step_now / _first_call_warm_cache(what)
+            log(f"  (reference) {what} step's own first call, same conditions: ratio "
+                f"{floors[what]:.3f}")
     times = interleave({"step": run_step, "fit": run_fit}, reps)  # fit: programs reused
     for name, t in times.items():
         log(f"{name:5s}: median {statistics.median(t) * 1e6:8.1f} us/step = "
@@ -118,15 +122,17 @@ def fit_vs_step(sizes, batch, epochs, per_epoch, reps, fused_k, log):
     return {"steps": steps, "s_per_step": {k_: summary(v) for k_, v in times.items()},
             "fit_over_step": ratio, "first_call_s_per_step": first,
             "first_call_over_step": step_now / first,
-            "warm_first_call_over_step": None if warm is None else step_now / warm}
+            "warm_first_call_over_step": None if warm is None else step_now / warm,
+            "warm_first_call_floors": floors}
 
 
-def _first_call_warm_cache() -> float:
-    """Seconds per step of ``_fit_first_call.py``'s fit, its cache filled by a first run."""
+def _first_call_warm_cache(what: str) -> float:
+    """Seconds per step of ``_fit_first_call.py``'s ``what`` (fit, fused or plain), its
+    cache filled by a first run."""
     script = str(Path(__file__).with_name("_fit_first_call.py"))
     with tempfile.TemporaryDirectory() as cache:
-        _python([script, cache])  # fills the cache
-        return float(_python([script, cache]).split()[-1])
+        _python([script, cache, what])  # fills the cache
+        return float(_python([script, cache, what]).split()[-1])
 
 
 def _python(args: list[str], env: dict[str, str] | None = None) -> str:
