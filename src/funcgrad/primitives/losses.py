@@ -119,13 +119,22 @@ def _softmax_cross_entropy_bwd(res, g):
     # scatter into the flat gradient. It builds no B x C one-hot, and its label-only index
     # work can run while the forward dots do (docs/performance.md, issue 9); a 1-D scatter
     # compiles faster than a (row, label) one
-    flat = (g[..., None] * probs).reshape(-1)
-    rows = jnp.arange(labels.size, dtype=jnp.int32)
-    ok = valid.reshape(-1)
-    at = jnp.where(ok, rows * num_classes + labels.reshape(-1), flat.size)  # bad: dropped
-    flat = flat.at[at].add(-g.reshape(-1).astype(flat.dtype), mode="drop")
-    grad = jnp.where(valid, flat.reshape(probs.shape), jnp.nan)  # bad label: nan, loudly
-    return grad, None
+    grad = g[..., None] * probs
+    minus_g = -g.reshape(-1).astype(grad.dtype)
+    if grad.size <= _FLAT_INDEX_LIMIT:  # the flat index fits an int32
+        rows = jnp.arange(labels.size, dtype=jnp.int32)
+        at = jnp.where(valid.reshape(-1), rows * num_classes + labels.reshape(-1), grad.size)
+        grad = grad.reshape(-1).at[at].add(minus_g, mode="drop").reshape(probs.shape)
+    else:  # (row, label) pairs; a bad label is out of range and dropped
+        flat = grad.reshape(-1, num_classes)
+        rows = jnp.arange(flat.shape[0], dtype=jnp.int32)
+        cols = jnp.where(valid.reshape(-1), labels.reshape(-1), num_classes)
+        grad = flat.at[rows, cols].add(minus_g, mode="drop").reshape(probs.shape)
+    return jnp.where(valid, grad, jnp.nan), None  # bad label: nan, loudly
+
+
+#: Largest gradient (elements) whose cross-entropy scatter uses one flat int32 index.
+_FLAT_INDEX_LIMIT = 2**31 - 1
 
 
 def _softmax_cross_entropy_reference(logits, labels):
