@@ -149,3 +149,25 @@ def test_whole_epoch_programs_resume_bitwise_on_4_devices(tmp_path):
     # 7 steps per epoch: whole-epoch programs end at 7, 14, ...; every=10 saves at 14
     assert out == {"same_seed": True, "streamed": True, "crashed_at": 14,
                    "resumed_from": 14, "resumed": True, "sharded": 4}
+
+
+COLLECTIVES_SCRIPT = SETUP + textwrap.dedent("""
+    import re
+    step = train.make_train_step(train.classification_loss(apply), tx)
+    state = parallel.replicate(train.init_state(params, tx), mesh)
+    batch = parallel.shard_batch((x[:48], y[:48], np.ones(48, np.float32)), mesh)
+    text = step.lower(state, batch).compile().as_text()
+    print(json.dumps(sorted(set(re.findall(
+        r"= \\S+ (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)", text)))))
+""")
+
+
+def test_the_batch_sharded_step_only_all_reduces_the_gradients():
+    # every primitive's backward keeps the batch dimension local: the cross-entropy's
+    # label scatter included (a flattened index made XLA gather labels across devices)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", COLLECTIVES_SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["all-reduce"]

@@ -119,22 +119,16 @@ def _softmax_cross_entropy_bwd(res, g):
     # scatter into the flat gradient. It builds no B x C one-hot, and its label-only index
     # work can run while the forward dots do (docs/performance.md, issue 9); a 1-D scatter
     # compiles faster than a (row, label) one
-    grad = g[..., None] * probs
-    minus_g = -g.reshape(-1).astype(grad.dtype)
-    if grad.size <= _FLAT_INDEX_LIMIT:  # the flat index fits an int32
-        rows = jnp.arange(labels.size, dtype=jnp.int32)
-        at = jnp.where(valid.reshape(-1), rows * num_classes + labels.reshape(-1), grad.size)
-        grad = grad.reshape(-1).at[at].add(minus_g, mode="drop").reshape(probs.shape)
-    else:  # (row, label) pairs; a bad label is out of range and dropped
-        flat = grad.reshape(-1, num_classes)
-        rows = jnp.arange(flat.shape[0], dtype=jnp.int32)
-        cols = jnp.where(valid.reshape(-1), labels.reshape(-1), num_classes)
-        grad = flat.at[rows, cols].add(minus_g, mode="drop").reshape(probs.shape)
-    return jnp.where(valid, grad, jnp.nan), None  # bad label: nan, loudly
-
-
-#: Largest gradient (elements) whose cross-entropy scatter uses one flat int32 index.
-_FLAT_INDEX_LIMIT = 2**31 - 1
+    grad = (g[..., None] * probs).reshape(-1, num_classes)
+    cols = jnp.where(valid.reshape(-1), labels.reshape(-1), num_classes)[:, None]  # bad: dropped
+    # row i gets -g_i at column cols[i]; the rows are a batching dimension (as in JAX's
+    # transpose of take_along_axis), so a batch-sharded step needs no gather of the labels
+    dims = jax.lax.ScatterDimensionNumbers(
+        update_window_dims=(), inserted_window_dims=(1,), scatter_dims_to_operand_dims=(1,),
+        operand_batching_dims=(0,), scatter_indices_batching_dims=(0,))
+    grad = jax.lax.scatter_add(grad, cols.astype(jnp.int32), -g.reshape(-1).astype(grad.dtype),
+                               dims, mode=jax.lax.GatherScatterMode.FILL_OR_DROP)
+    return jnp.where(valid, grad.reshape(probs.shape), jnp.nan), None  # bad label: nan
 
 
 def _softmax_cross_entropy_reference(logits, labels):
