@@ -2,7 +2,7 @@
 
 The primitives' rewrite through ``funcgrad.primitive`` left the compiled training step
 unchanged (34 ENTRY ops, 5,513,207 FLOPs, as in round 1); since softmax_cross_entropy's
-scatter backward it is 37 ops and 5,511,319 FLOPs (docs/performance.md).
+scatter backward it is 37 ops and 5,511,159 FLOPs (docs/performance.md).
 ``tests/test_define.py`` checks that the factory itself adds nothing. This script lowers
 and compiles the step for the default ``funcgrad train`` model (the embedded 8x8 digits:
 64-512-10, relu, batch 32, ``clip_by_global_norm(1.0)`` then SGD 0.05) and prints, for each

@@ -116,9 +116,8 @@ def _softmax_cross_entropy_bwd(res, g):
     num_classes = probs.shape[-1]
     valid = ((labels >= 0) & (labels < num_classes))[..., None]
     # g * (probs - onehot): the one-hot is applied sparsely, -g added at each label by a
-    # scatter into the flat gradient. It builds no B x C one-hot, and its label-only index
-    # work can run while the forward dots do (docs/performance.md, issue 9); a 1-D scatter
-    # compiles faster than a (row, label) one
+    # scatter. It builds no B x C one-hot, and its label-only index work can run while the
+    # forward dots do (docs/performance.md, issue 9)
     grad = (g[..., None] * probs).reshape(-1, num_classes)
     cols = jnp.where(valid.reshape(-1), labels.reshape(-1), num_classes)[:, None]  # bad: dropped
     # row i gets -g_i at column cols[i]; the rows are a batching dimension (as in JAX's
