@@ -340,13 +340,12 @@ def _use_hyperparameters(restored: Any, fresh: Any) -> tuple[Any, dict[str, tupl
     return restored._replace(hyperparams={**old, **{k: new[k] for k in changed}}), changed
 
 
-def _precision_mismatch(err: ValueError, precision: str) -> ValueError | None:
-    """The error naming ``precision`` when a checkpoint misfits only by the float16 loss
-    scale (written by a run of another precision), else ``None``."""
-    saved = getattr(err, "only_in_checkpoint", None)
-    wanted = getattr(err, "only_in_template", None)
-    if saved is None or wanted is None or not (saved or wanted) or not all(
-            p.startswith(".loss_scale") for p in [*saved, *wanted]):
+def _precision_mismatch(err: Any, precision: str) -> ValueError | None:
+    """The error naming ``precision`` when a checkpoint misfits (``err``, a
+    ``checkpoint.TemplateMismatch``) only by the float16 loss scale, written by a run of
+    another precision; else ``None``."""
+    saved, wanted = err.only_in_checkpoint, err.only_in_template
+    if not (saved or wanted) or not all(p.startswith(".loss_scale") for p in [*saved, *wanted]):
         return None
     was = "'f16'" if saved else "'f32' or 'bf16'"
     return ValueError(
@@ -370,10 +369,12 @@ def _initial_state(params: Any, programs: Programs, cfg: FitConfig,
             raise ValueError("fit: argument 'resume' is True but 'checkpoints' is None; pass "
                              "a CheckpointManager")
         # nothing saved yet: a fresh start; checkpoints that are all unusable: an error
+        from ..checkpoint import TemplateMismatch  # the manager's package: loaded already
+
         fresh = state
         try:
             state, resumed_from = checkpoints.resume(state)
-        except ValueError as err:  # a checkpoint.TemplateMismatch: say which setting
+        except TemplateMismatch as err:  # say which setting, where one explains it
             raise _precision_mismatch(err, cfg.precision) or err from None
         if resumed_from is not None:
             opt_state, changed = _use_hyperparameters(state.opt_state, fresh.opt_state)
