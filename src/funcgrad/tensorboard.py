@@ -361,12 +361,16 @@ class TensorBoardWriter:
         return self.layer_names
 
     def _step(self, record: Mapping[str, Any], method: str) -> int:
+        step = record.get("step") if isinstance(record, Mapping) else None
+        return self._check_step(step, method, "argument 'record' must be a dict with an int "
+                                f"'step' >= 0; got step={step!r}")
+
+    def _check_step(self, step: Any, method: str, expected: str) -> int:
+        """``step`` as an int, once the writer is known open and ``step`` an int >= 0."""
         if self._closed:
             raise ValueError(f"TensorBoardWriter.{method}: the writer is closed")
-        step = record.get("step") if isinstance(record, Mapping) else None
         if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"TensorBoardWriter.{method}: argument 'record' must be a dict "
-                             f"with an int 'step' >= 0; got step={step!r}")
+            raise ValueError(f"TensorBoardWriter.{method}: {expected}")
         return int(step)
 
     def write(self, record: Mapping[str, Any]) -> None:
@@ -444,14 +448,11 @@ class TensorBoardWriter:
         Raises:
             ValueError: if the writer is closed or ``step`` is not an int >= 0.
         """
-        if self._closed:
-            raise ValueError("TensorBoardWriter.purge_from: the writer is closed")
-        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"TensorBoardWriter.purge_from: argument 'step' must be an int "
-                             f">= 0; got {step!r}")
+        step = self._check_step(step, "purge_from",
+                                f"argument 'step' must be an int >= 0; got {step!r}")
         from tensorboardX.proto.event_pb2 import Event, SessionLog
 
-        self._writer._get_file_writer().add_event(  # tensorboardX's own purge_step path
+        self._writer.file_writer.add_event(  # what tensorboardX's own purge_step writes
             Event(step=step, session_log=SessionLog(status=SessionLog.START)))
 
     def flush(self) -> None:
