@@ -23,7 +23,7 @@ import time
 
 import jax
 import optax
-from _timing import CLIP, LR, fresh, jnp_loss, make_batches
+from _timing import CLIP, LR, fresh, make_batches, plain_step
 from _training_fit import _data
 
 import funcgrad
@@ -52,13 +52,7 @@ def _scan(params, which: str) -> float:
         state = train.init_state(fresh(params), tx)
     else:
         tx = optax.chain(optax.clip_by_global_norm(CLIP), optax.sgd(LR))
-
-        def one(carry, batch):
-            p, o = carry
-            loss, g = jax.value_and_grad(jnp_loss)(p, batch)
-            u, o = tx.update(g, o, p)
-            return (optax.apply_updates(p, u), o), loss
-
+        one = plain_step(tx)
         step = jax.jit(lambda s, d: jax.lax.scan(one, s, d), donate_argnums=0)
         state = (fresh(params), tx.init(params))
     jax.block_until_ready((state, data))

@@ -137,11 +137,17 @@ def jnp_classification_loss(params, batch):
                                                                "count": count}
 
 
-def make_plain_step(tx):
+def plain_step(tx):
+    """The plain JAX/optax step ``((params, opt_state), batch) -> (state, loss)``, unjitted
+    (a ``lax.scan`` body as it is)."""
     def step(state, batch):
         params, opt_state = state
         loss, grads = jax.value_and_grad(jnp_loss)(params, batch)
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    return jax.jit(step, donate_argnums=0)
+    return step
+
+
+def make_plain_step(tx):
+    return jax.jit(plain_step(tx), donate_argnums=0)
