@@ -116,7 +116,8 @@ class Programs:
         start = (step - first_epoch * lay.steps_per_epoch) * lay.batch_size
         idx = jax.lax.dynamic_slice(order, (start,), (lay.batch_size,))
         pos = step % lay.steps_per_epoch
-        batch = (jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0),
+        # the indices are in range by construction: clip, not the default fill's bounds masks
+        batch = (jnp.take(x, idx, axis=0, mode="clip"), jnp.take(y, idx, axis=0, mode="clip"),
                  step_weights(pos, lay.n, lay.batch_size, jnp))
         if self.mesh is not None:
             from .. import parallel
