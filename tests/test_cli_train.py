@@ -166,3 +166,48 @@ def test_platform_without_its_backend_says_what_to_install():
     assert line.startswith("funcgrad train: error: --platform tpu: this JAX installation has "
                            "no tpu backend")
     assert 'pip install "jax[tpu]"' in line
+
+
+def test_the_executable_flushes_everything_before_it_skips_the_teardown(tmp_path):
+    # `python -m funcgrad.cli` is `funcgrad.cli.console`: main, then os._exit; stdout to a
+    # file is block-buffered (PYTHONUNBUFFERED unset), so a missing flush would cut it short
+    import os
+    import subprocess
+    import sys
+
+    out, log = tmp_path / "run", tmp_path / "stdout.txt"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "funcgrad.cli", "train", "--epochs", "1",
+                               "--hidden", "8", "--no-progress", "--out", str(out)],
+                              stdout=fh, stderr=subprocess.PIPE, text=True, timeout=300,
+                              env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = log.read_text()
+    assert "steps_per_second" in text  # the summary table
+    assert text.splitlines()[-1].startswith(f"wrote {out / 'metrics.jsonl'}")  # the last print
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records and records[-1]["step"] == json.loads(
+        (out / "summary.json").read_text())["steps"]
+
+
+def test_the_executable_waits_for_a_running_thread_and_keeps_the_exit_status(tmp_path):
+    import subprocess
+    import sys
+
+    done = tmp_path / "done"
+    code = ("import threading, time\n"
+            "import funcgrad.cli as cli\n"
+            "returned, main = threading.Event(), cli.main\n"
+            "cli.main = lambda argv: (main(argv), returned.set())[0]\n"
+            "def late():\n"  # still running when main has returned
+            "    returned.wait()\n"
+            "    time.sleep(0.3)\n"
+            f"    open({str(done)!r}, 'w').write('done')\n"
+            "threading.Thread(target=late).start()\n"
+            "cli.console(['train', '--resume'])\n")  # main returns 2 (not argparse's exit)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert "funcgrad train: error: --resume needs --checkpoint-dir" in proc.stderr
+    assert done.read_text() == "done"  # the interpreter joined the thread: no os._exit

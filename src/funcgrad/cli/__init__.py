@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from . import check, explain, flow, train
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "console", "main"]
 
 _COMMANDS = {"check": check, "explain": explain, "train": train, "flow": flow}
 
@@ -56,3 +56,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = " ".join(str(exc).split()) or type(exc).__name__
         print(f"funcgrad {args.command}: error: {text}", file=sys.stderr)
         return 2
+
+
+def console(argv: Sequence[str] | None = None) -> None:
+    """The ``funcgrad`` executable: :func:`main`, then exit without the interpreter's
+    teardown.
+
+    Once JAX's C++ runtime is loaded, tearing the interpreter down takes 0.2-0.35 s on a
+    2-core machine (``python -c "import jax"``: 0.90 s, against 0.56 s with
+    ``os._exit``), longer than a warm ``funcgrad train`` spends compiling. Every file
+    the commands open is closed before :func:`main` returns (checkpoints are waited
+    for), so after a normal return this flushes stdout and stderr, runs the registered
+    exit handlers (JAX's, logging's, file locks') and ends the process with ``os._exit``.
+    It exits normally instead while a non-daemon Python thread is still running, and an
+    exception propagates as usual. Tests and embedding code call :func:`main`.
+
+    Args:
+        argv: arguments without the program name; default ``sys.argv[1:]``.
+    """
+    import atexit
+    import os
+    import threading
+
+    status = main(argv)
+    others = [t for t in threading.enumerate()
+              if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if others:  # let the interpreter join them, as it would
+        sys.exit(status)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    atexit._run_exitfuncs()  # what a normal exit runs first (the handlers unregister)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(status)

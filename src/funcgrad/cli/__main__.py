@@ -1,7 +1,5 @@
 """``python -m funcgrad.cli``: the same as the ``funcgrad`` command."""
 
-import sys
+from . import console
 
-from . import main
-
-sys.exit(main())
+console()
