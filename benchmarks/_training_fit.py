@@ -9,7 +9,10 @@
   loading included), and on the interleaved repeated calls (which reuse the first call's
   programs: startup, device placement, evaluation, logging included, no compile).
 * the same for the 784-1024-1024-10 MLP at batch 1024 (8 steps per epoch, 5 epochs)
-  against ``make_train_step`` called per step. Target: fit time <= 1.05x (within 5%).
+  against ``make_train_step`` called per step. Target: fit time <= 1.05x (within 5%) on
+  the repeated calls: the issue's "compute-bound; no regression" compares fit with the
+  compiled step, and a first call of 40 steps is mostly compilation (it is printed, not
+  judged).
 * ``funcgrad train --epochs 300 --batch-size 128 --hidden 128 --depth 2`` (digits: 1,438
   training examples, 12 steps per epoch, 3,600 steps) end to end in a subprocess, wall time
   from outside; first a cold compilation cache, then warm runs, interleaved with the same
@@ -254,6 +257,6 @@ def cli_runs(reps: int, baseline_rev: str, log) -> dict:
 def bench_fit(reps: int, baseline_rev: str, log) -> dict:
     log(f"\n=== 5. fit and funcgrad train end to end, {reps} interleaved repetitions ===")
     res = {"small": fit_vs_step((64, 128, 128, 10), 128, 250, 12, reps, 100, log)}
-    res["large"] = fit_vs_step((784, 1024, 1024, 10), 1024, 5, 8, max(3, reps // 2), 0, log)
+    res["large"] = fit_vs_step((784, 1024, 1024, 10), 1024, 5, 8, reps, 0, log)
     res.update(cli_runs(reps, baseline_rev, log))
     return res
