@@ -13,6 +13,7 @@
 """
 
 from ..flow.stats import layer_norms
+from ._data import shuffle
 from ._loop import FitConfig, FitHooks, FitResult, fit
 from ._nonfinite import nonfinite_report
 from ._optimizer import (
@@ -73,6 +74,7 @@ __all__ = [
     "policy",
     "scaled_value_and_grad",
     "schedule",
+    "shuffle",
     "wrap_apply",
     "wrap_loss",
 ]

@@ -39,8 +39,8 @@ class FitConfig:
             within it is placed there once and each epoch is shuffled and gathered
             inside the program; larger data streams from the host, one program's
             batches at a time, the next in flight while the current one trains.
-            ``None``: 256 MiB on CPU, a quarter of the device's memory on accelerators
-            (:func:`funcgrad.train.device_data_budget`); ``0``: always stream.
+            ``None``: 256 MiB on CPU, a quarter of the device's memory (at least 256
+            MiB) on accelerators; ``0``: always stream.
         taps: record every primitive call's :class:`funcgrad.flow.taps.Tap` in each
             step's metrics; a logged record holds the last step's as ``"taps"``.
         on_nonfinite: what follows a step whose loss or gradient is not finite (the step

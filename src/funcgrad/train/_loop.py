@@ -408,7 +408,8 @@ def fit(
 ) -> FitResult:
     """Train on ``train`` with minibatch steps of ``tx`` and return the final state.
 
-    Epoch ``e`` visits the examples in the order ``permutation(fold_in(key, e))``: a run is
+    Epoch ``e`` visits the examples in the order ``shuffle(key, [e], n)`` (a sort of
+    hashed counters, the same on the host and the device; :func:`shuffle`): a run is
     reproducible from its seed, and a resumed run continues bitwise (on CPU). A partial last
     batch is padded with wrapped-around examples of weight 0, so nothing retraces.
 

@@ -38,7 +38,8 @@ class TrainState:
         params: model parameters.
         opt_state: optax state (``inject_hyperparams``: hyperparameters are leaves).
         step: number of steps taken (int32 scalar), skipped ones included.
-        key: raw ``uint32[2]`` PRNG key; epoch ``e`` is shuffled with ``fold_in(key, e)``.
+        key: raw ``uint32[2]`` PRNG key; epoch ``e`` is shuffled with
+            ``funcgrad.train.shuffle(key, [e], n)``.
         skipped: number of steps skipped because their gradients were not finite.
         loss_scale: the dynamic :class:`~funcgrad.train.LossScale` of a float16 run, or
             None (no scaling; no leaves).
