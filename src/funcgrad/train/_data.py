@@ -78,6 +78,9 @@ def shuffle(key: Any, epochs: Any, n: int, xp: Any = np) -> Any:
     Returns:
         One permutation of ``range(n)`` per epoch.
 
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from funcgrad.train import shuffle
     >>> key = np.asarray([0, 7], np.uint32)
     >>> order = shuffle(key, np.arange(2), 5)
     >>> order.shape, sorted(order[0].tolist()) == [0, 1, 2, 3, 4]
