@@ -211,3 +211,17 @@ def test_the_executable_waits_for_a_running_thread_and_keeps_the_exit_status(tmp
     assert proc.returncode == 2
     assert "funcgrad train: error: --resume needs --checkpoint-dir" in proc.stderr
     assert done.read_text() == "done"  # the interpreter joined the thread: no os._exit
+
+
+def test_the_executable_exits_normally_under_a_profiler(tmp_path):
+    # cProfile writes its results after the program returns: no os._exit then (cProfile
+    # itself swallows the SystemExit, so its status is 0)
+    import subprocess
+    import sys
+
+    prof = tmp_path / "run.prof"
+    proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m",
+                           "funcgrad.cli", "train", "--resume"], capture_output=True, text=True,
+                          timeout=300)
+    assert "funcgrad train: error: --resume needs --checkpoint-dir" in proc.stderr
+    assert prof.stat().st_size > 0

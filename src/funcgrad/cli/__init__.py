@@ -67,9 +67,11 @@ def console(argv: Sequence[str] | None = None) -> None:
     ``os._exit``), longer than a warm ``funcgrad train`` spends compiling. Every file
     the commands open is closed before :func:`main` returns (checkpoints are waited
     for), so after a normal return this flushes stdout and stderr, runs the registered
-    exit handlers (JAX's, logging's, file locks') and ends the process with ``os._exit``.
-    It exits normally instead while a non-daemon Python thread is still running, and an
-    exception propagates as usual. Tests and embedding code call :func:`main`.
+    exit handlers (JAX's, logging's, file locks', coverage's) and ends the process with
+    ``os._exit``. It exits normally instead while a non-daemon Python thread is still
+    running or a profiler or tracer is installed (``python -m cProfile`` writes its
+    results after the program returns; debuggers trace), and an exception propagates as
+    usual. Tests and embedding code call :func:`main`.
 
     Args:
         argv: arguments without the program name; default ``sys.argv[1:]``.
@@ -81,8 +83,8 @@ def console(argv: Sequence[str] | None = None) -> None:
     status = main(argv)
     others = [t for t in threading.enumerate()
               if t is not threading.current_thread() and not t.daemon and t.is_alive()]
-    if others:  # let the interpreter join them, as it would
-        sys.exit(status)
+    if others or sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(status)  # the interpreter joins the threads; a profiler writes its results
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     atexit._run_exitfuncs()  # what a normal exit runs first (the handlers unregister)
