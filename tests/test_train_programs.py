@@ -63,6 +63,16 @@ def test_the_shuffle_is_one_function_on_host_and_device(n):
     assert n < 3 or not np.array_equal(host[0], host[1])  # epochs differ
 
 
+def test_the_shuffle_names_a_bad_argument():
+    key = np.zeros(2, np.uint32)
+    with pytest.raises(ValueError, match=r"shuffle: argument 'key' .* got shape \(4,\)"):
+        _data.shuffle(np.zeros(4, np.uint32), np.arange(2), 5)
+    with pytest.raises(ValueError, match=r"shuffle: argument 'epochs' must be 1-D .* \(\)"):
+        _data.shuffle(key, 3, 5)
+    with pytest.raises(ValueError, match=r"shuffle: argument 'n' must be an int .* got 0"):
+        _data.shuffle(key, np.arange(2), 0)
+
+
 def test_the_shuffle_is_uniform():
     # 30,000 epochs of 5 examples: where each example lands (16 degrees of freedom) and
     # how often each of the 120 orders occurs (119); chi-square far below p = 0.001

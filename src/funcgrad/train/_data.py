@@ -78,6 +78,10 @@ def shuffle(key: Any, epochs: Any, n: int, xp: Any = np) -> Any:
     Returns:
         One permutation of ``range(n)`` per epoch.
 
+    Raises:
+        ValueError: naming the argument, if ``key`` is not 2 numbers, ``epochs`` is not
+            1-D, or ``n`` is not an int in ``[1, 2**31)``.
+
     >>> import jax.numpy as jnp
     >>> import numpy as np
     >>> from funcgrad.train import shuffle
@@ -90,6 +94,19 @@ def shuffle(key: Any, epochs: Any, n: int, xp: Any = np) -> Any:
     """
     key = xp.asarray(key).astype(xp.uint32)
     epochs = xp.asarray(epochs).astype(xp.uint32)
+    if key.shape != (2,):
+        raise ValueError("shuffle: argument 'key' must be a raw uint32[2] key (shape (2,)); "
+                         f"got shape {key.shape}")
+    if epochs.ndim != 1:
+        raise ValueError("shuffle: argument 'epochs' must be 1-D (one number per epoch); "
+                         f"got shape {epochs.shape}")
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 1 <= n < 2**31:
+        raise ValueError(f"shuffle: argument 'n' must be an int in [1, 2**31); got {n!r}")
+    with np.errstate(over="ignore"):  # NumPy's uint32 arithmetic wraps, as XLA's does
+        return _shuffle(key, epochs, int(n), xp)
+
+
+def _shuffle(key: Any, epochs: Any, n: int, xp: Any) -> Any:
     seed = _mix(key[0] ^ _mix(key[1] ^ _mix(epochs ^ xp.uint32(0x9E3779B9), xp), xp), xp)
     seed = seed[:, None]
     bits = max(1, (n - 1).bit_length())  # of an index
@@ -114,8 +131,7 @@ def shuffle(key: Any, epochs: Any, n: int, xp: Any = np) -> Any:
 
 def epoch_order(key: np.ndarray, epoch: int, n: int, batch_size: int) -> np.ndarray:
     """Host index matrix ``(steps, batch_size)`` of one epoch; the last row wraps around."""
-    with np.errstate(over="ignore"):  # uint32 arithmetic wraps, as on the device
-        perm = shuffle(np.asarray(key), np.asarray([epoch]), n)[0]
+    perm = shuffle(np.asarray(key), np.asarray([epoch]), n)[0]
     steps = math.ceil(n / batch_size)
     return np.resize(perm, steps * batch_size).reshape(steps, batch_size)  # cyclic padding
 
