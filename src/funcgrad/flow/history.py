@@ -223,9 +223,11 @@ class History:
         host = jax.device_get([s for _, s, _ in self._pending])
         new: list[dict[str, Any]] = []
         for (steps_arr, _, stacked), stats in zip(self._pending, host, strict=True):
+            leaves, treedef = jax.tree.flatten(stats)
+            leaves = [np.asarray(v) for v in leaves]  # once per array, not per row
             for j, step in enumerate(steps_arr):
-                pick = (lambda v, j=j: np.asarray(v[j])) if stacked else np.asarray
-                new.append({"step": int(step), **jax.tree.map(pick, stats)})
+                row = [np.asarray(v[j]) for v in leaves] if stacked else leaves
+                new.append({"step": int(step), **treedef.unflatten(row)})
         self._pending, self._pending_steps = [], 0
         self._fetched_steps += len(new)
         if self.keep:
