@@ -64,7 +64,8 @@ def console(argv: Sequence[str] | None = None) -> None:
 
     Once JAX's C++ runtime is loaded, tearing the interpreter down takes 0.2-0.35 s on a
     2-core machine (``python -c "import jax"``: 0.90 s, against 0.56 s with
-    ``os._exit``), longer than a warm ``funcgrad train`` spends compiling. Every file
+    ``os._exit``), longer than a warm ``funcgrad train`` spends loading its programs from
+    the compilation cache. Every file
     the commands open is closed before :func:`main` returns (checkpoints are waited
     for), so after a normal return this flushes stdout and stderr, runs the registered
     exit handlers (JAX's, logging's, file locks', coverage's) and ends the process with
