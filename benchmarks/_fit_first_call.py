@@ -33,7 +33,7 @@ SIZES, BATCH, PER_EPOCH, EPOCHS = (64, 128, 128, 10), 128, 12, 250
 K = 100  # steps per call of the two references
 
 
-def _fit(params) -> int:
+def _fit(params) -> float:
     tx = train.optimizer(LR, clip_norm=CLIP)
     x, y = _data(SIZES, BATCH * PER_EPOCH)
     t0 = time.perf_counter()

@@ -112,14 +112,13 @@ def fit_vs_step(sizes, batch, epochs, per_epoch, reps, fused_k, log):
     warm, floors = None, {}
     if fused_k:  # the small model: fresh processes, each kind's cache filled by a first one
         ratios = _warm_first_calls(run_step, steps, reps)
-        warm = ratios.pop("fit")
         log(f"fit, first call in a fresh process, warm cache: step time / first-call time "
-            f"{_spread(warm)}")
+            f"{_spread(ratios['fit'])}")
+        warm = ratios.pop("fit")["median"]
         for what, r in ratios.items():  # the floor: the same first call, no fit around it
             floors[what] = r["median"]
             log(f"  (reference) {what} step's own first call, same conditions: "
                 f"{_spread(r)}")
-        warm = warm["median"]
     times = interleave({"step": run_step, "fit": run_fit}, reps)  # fit: programs reused
     for name, t in times.items():
         log(f"{name:5s}: median {statistics.median(t) * 1e6:8.1f} us/step = "
