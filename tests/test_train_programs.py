@@ -101,6 +101,38 @@ def test_device_resident_and_streamed_data_train_alike(monkeypatch):
     assert _same(resident.state.params, chunked.state.params)
 
 
+def test_each_record_holds_its_steps_metrics():
+    # the programs return their scalar metrics packed in one array; each record must still
+    # hold the metrics make_train_step gives for the same steps, under the same names
+    tx = train.optimizer(0.1, momentum=0.9, clip_norm=1.0)
+    params = nn.init_mlp(jax.random.PRNGKey(0), SIZES)
+    x, y = _data_xy()
+    r = train.fit(params, (x, y), apply_fn=APPLY, tx=tx, batch_size=8, epochs=2,
+                  log_every=1, steps_per_dispatch=2, seed=5)
+    step = train.make_train_step(train.classification_loss(APPLY), tx)
+    state = train.init_state(params, tx, seed=5)
+    key = np.asarray(state.key)
+    assert [h["step"] for h in r.history] == [2, 3, 5, 6]  # programs of 2, 1, 2, 1 steps
+    records = {h["step"] - 1: h for h in r.history}  # a record shows its last step's norms
+    losses = []
+    for s in range(6):
+        rows = _data.epoch_order(key, s // 3, len(x), 8)[s % 3]
+        state, m = step(state, (x[rows], y[rows], _data.step_weights(s % 3, len(x), 8)))
+        losses.append((float(m["loss"]), float(m["accuracy"])))
+        if s in records:
+            h = records[s]
+            for name in ("grad_norm", "clipped_grad_norm", "update_norm", "learning_rate"):
+                np.testing.assert_allclose(h[name], float(m[name]), rtol=1e-5, err_msg=name)
+            np.testing.assert_allclose(h["layer_grad_norms"], np.asarray(m["layer_grad_norms"]),
+                                       rtol=1e-5)
+            first = max(k for k in [-1, *records] if k < s) + 1  # the record's steps
+            np.testing.assert_allclose(
+                [h["train_loss"], h["train_accuracy"]],
+                np.mean(losses[first:s + 1], axis=0), rtol=1e-5)
+            assert h["nonfinite_steps"] == 0 and h["steps_in_interval"] == s + 1 - first
+    assert _same(r.state.params, state.params)
+
+
 def test_whole_epoch_programs_compile_once():
     r = _fit(wrap_step=chex.assert_max_traces(n=1), log_every=1)
     assert int(r.state.step) == 12

@@ -113,6 +113,7 @@ class _Run:
         self.buffer = History(log_every=cfg.log_every, keep=False, on_fetch=self._logged)
         self.record: dict[str, Any] | None = None  # the newest record, until taken
         self.inflight: tuple[range, dict[str, Any]] | None = None  # metrics not buffered
+        self.scalar_names: tuple[str, ...] = ()  # the columns of the metrics' "scalars"
         self.t0 = time.perf_counter()
 
     def next_length(self) -> int:
@@ -139,7 +140,12 @@ class _Run:
                 else self.plan.device_data)
         program = programs.get(length, epochs, streamed)
         self.state, self.control, metrics = program(self.state, self.control, data)
+        self.scalar_names = programs.scalar_names  # known once the program was traced
         return length, metrics
+
+    def _columns(self, packed: Any) -> dict[str, np.ndarray]:
+        """A program's packed per-step scalars (``metrics["scalars"]``) by name."""
+        return dict(zip(self.scalar_names, np.asarray(packed).T, strict=True))
 
     def _watch(self, rows: list[dict[str, Any]], halted: bool) -> None:
         """Count skipped steps; replay the first one; say why the device stopped."""
@@ -175,12 +181,13 @@ class _Run:
         """Which steps of the program not yet buffered were finite (those that ran)."""
         if self.inflight is None:
             return []
-        metrics = self.inflight[1]
-        finite, ran = jax.device_get((metrics["finite"], metrics.get("ran", True)))
-        ran = np.broadcast_to(ran, np.shape(finite))
-        return [bool(f) for f, r in zip(np.ravel(finite), np.ravel(ran), strict=True) if r]
+        cols = self._columns(jax.device_get(self.inflight[1]["scalars"]))
+        ran = cols.get("ran", np.ones_like(cols["finite"]))
+        return [bool(f) for f, r in zip(cols["finite"], ran, strict=True) if r]
 
     def _logged(self, rows: list[dict[str, Any]]) -> None:
+        for r in rows:  # the packed scalars back under their names, as Python numbers
+            r.update(zip(self.scalar_names, r.pop("scalars").tolist(), strict=True))
         halted = any(bool(r.get("halt", False)) for r in rows)
         rows = [r for r in rows if bool(r.get("ran", True))]  # not the steps after a stop
         if not rows:

@@ -2,10 +2,11 @@
 steps), the batches gathered on the device or streamed in; and the evaluation.
 
 A program takes ``(state, control, data)`` and returns ``(state, control, metrics)``,
-the metrics stacked per step. ``control`` carries what stops a run on the device (the
-steps skipped in a row, a non-finite step since the last log): once a stop condition
-holds at a multiple of ``log_every``, the rest of the program leaves the state bitwise
-unchanged, so a run stops exactly at the log that shows why, wherever programs end.
+the metrics stacked per step, the scalar ones packed into the columns of one array.
+``control`` carries what stops a run on the device (the steps skipped in a row, a
+non-finite step since the last log): once a stop condition holds at a multiple of
+``log_every``, the rest of the program leaves the state bitwise unchanged, so a run stops
+exactly at the log that shows why, wherever programs end.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class Programs:
         self.layout, self.wrap = layout, options.get("wrap")
         self.mesh = options.get("mesh")
         self.cache: dict[tuple[int, int, bool], Callable] = {}
+        self.scalar_names: tuple[str, ...] = ()  # the columns of a program's "scalars"
         self.eval = _eval_program(loss_fn)
         # the initial state in one program (not an eager op per leaf); its outputs are new
         # buffers, so the caller's params are never donated
@@ -149,10 +151,22 @@ class Programs:
 
             xs = data if streamed else jnp.arange(length, dtype=jnp.int32)
             (state, ctrl), metrics = jax.lax.scan(one, (state, ctrl), xs)
-            return state, ctrl, metrics
+            return state, ctrl, self._pack(metrics)
 
         program.__name__ = f"fit_program_{length}"
         return program
+
+    def _pack(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The per-step scalar metrics as the columns of one array, ``"scalars"``, named
+        by :attr:`scalar_names` (set while tracing): the host fetches one array per
+        program for them, not one per metric. The rest (per-layer norms, taps, flow,
+        histograms) is returned as it is."""
+        names = tuple(sorted(k for k, v in metrics.items()
+                             if not isinstance(v, dict) and jnp.ndim(v) == 1))
+        dtype = jnp.result_type(jnp.float32, *(metrics[k].dtype for k in names))
+        self.scalar_names = names
+        return {"scalars": jnp.stack([metrics[k].astype(dtype) for k in names], axis=-1),
+                **{k: v for k, v in metrics.items() if k not in names}}
 
 
 def _eval_program(loss_fn: Callable) -> Callable:
