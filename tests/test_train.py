@@ -374,6 +374,47 @@ def test_fit_takes_a_loss_function_and_a_config():
         train.fit(params, (x, y), loss_fn=loss_fn, tx=train.optimizer(0.05), batchsize=3)
 
 
+def _regression_loss(params, batch):
+    x, y, w = batch
+    pred = APPLY(params, x)[:, 0]
+    return jnp.sum(w * (pred - y) ** 2) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def test_a_loss_without_aux_trains_as_one_with_an_empty_aux():
+    x, _ = _data(n=22)
+    y = x[:, 0].astype(np.float32)
+    params = nn.init_mlp(jax.random.PRNGKey(0), SIZES)
+    kw = dict(tx=train.optimizer(0.05), batch_size=8, epochs=2, log_every=3)
+    bare = train.fit(params, (x, y), loss_fn=_regression_loss, **kw)
+    paired = train.fit(params, (x, y), loss_fn=lambda p, b: (_regression_loss(p, b), {}), **kw)
+    assert _leaves_equal(bare.state.params, paired.state.params)
+    assert [h["train_loss"] for h in bare.history] == [h["train_loss"] for h in paired.history]
+    tx = train.optimizer(0.05)
+    batch = (jnp.asarray(x[:8]), jnp.asarray(y[:8]), jnp.ones(8, jnp.float32))
+    want = float(_regression_loss(params, batch))
+    state = train.init_state(jax.tree.map(jnp.copy, params), tx)  # the step donates it
+    _, m = train.make_train_step(_regression_loss, tx)(state, batch)
+    assert float(m["loss"]) == pytest.approx(want, rel=1e-6)
+    assert np.isnan(float(m["accuracy"]))  # no correct/count aux
+    assert float(train.make_eval(_regression_loss)(params, batch)[2]) == 8.0
+
+
+@pytest.mark.parametrize("loss, got", [
+    (lambda p, b: APPLY(p, b[0])[:, 0] ** 2, r"got a loss of shape \(20,\) and dtype float32"),
+    (lambda p, b: (jnp.int32(1), {}), r"got a loss of shape \(\) and dtype int32"),
+    (lambda p, b: (1.0, 2.0, 3.0), "got a tuple of length 3"),
+])
+def test_a_loss_that_is_not_a_float_scalar_is_named(loss, got):
+    x, y = _data()
+    params = nn.init_mlp(jax.random.PRNGKey(0), SIZES)
+    tx = train.optimizer(0.05)
+    want = "argument 'loss_fn' must return a floating-point scalar loss, or \\(loss, aux\\); "
+    with pytest.raises(TypeError, match="fit: " + want + got):
+        train.fit(params, (x, y.astype(np.float32)), loss_fn=loss, tx=tx, batch_size=20)
+    with pytest.raises(TypeError, match="make_train_step: " + want + got):
+        train.make_train_step(loss, tx)(train.init_state(params, tx), _batch(x, y))
+
+
 class _SpyCheckpoints:
     """Records what fit asks and saves; the cadence rule is CheckpointManager's own."""
 

@@ -20,7 +20,7 @@ from ._data import DataPlan
 from ._nonfinite import nonfinite_report
 from ._precision import initial_loss_scale, policy, wrap_loss
 from ._programs import Layout, Programs, eval_chunks, initial_control
-from ._step import TrainState, classification_loss
+from ._step import TrainState, classification_loss, loss_with_aux
 
 __all__ = ["FitConfig", "FitHooks", "FitResult", "fit"]
 
@@ -436,8 +436,9 @@ def fit(
         train: ``(x, y)`` NumPy arrays; ``y`` integer class labels for the default loss.
         tx: an optax transformation, e.g. from :func:`funcgrad.train.optimizer`.
         apply_fn: ``apply_fn(params, x) -> logits``, for the default loss.
-        loss_fn: ``loss_fn(params, (x, y, w)) -> (loss, aux)``; default
-            ``classification_loss(apply_fn)``. Examples of weight ``w = 0`` are padding.
+        loss_fn: ``loss_fn(params, (x, y, w)) -> (loss, aux)``, or a scalar loss alone;
+            default ``classification_loss(apply_fn)``. Examples of weight ``w = 0`` are
+            padding.
         eval_data: optional held-out ``(x, y)``, evaluated every ``eval_every_epochs``
             and at the end.
         checkpoints: a :class:`funcgrad.checkpoint.CheckpointManager`, or ``None``.
@@ -462,7 +463,7 @@ def fit(
                         "'loss_fn' is required; got neither")
     data, held_out = _datasets(train, eval_data, None if loss_fn else (apply_fn, params))
     loss = (("classification_loss", apply_fn), classification_loss(apply_fn)) \
-        if loss_fn is None else (loss_fn, loss_fn)
+        if loss_fn is None else (loss_fn, loss_with_aux(loss_fn, "fit"))
     loss_fn = wrap_loss(loss[1], policy(cfg.precision))  # the non-finite replay's loss
     programs = _programs(loss, tx, cfg, hooks, len(data[0]), mesh)
     state, resumed_from = _initial_state(params, programs, cfg, (checkpoints, resume), mesh,

@@ -88,7 +88,8 @@ class Programs:
 
     def __init__(self, loss_fn: Callable, tx: Any, layout: Layout, **options: Any) -> None:
         self.body = _step_body(loss_fn, tx, options.get("stats_fn"),
-                               options.get("histogram_bins", 0), options.get("taps", False))
+                               options.get("histogram_bins", 0), options.get("taps", False),
+                               "fit")
         self.layout, self.wrap = layout, options.get("wrap")
         self.mesh = options.get("mesh")
         self.cache: dict[tuple[int, int, bool], Callable] = {}
@@ -174,7 +175,7 @@ class Programs:
 
 def _eval_program(loss_fn: Callable) -> Callable:
     """Jitted ``(params, chunks) -> (loss sum, correct, count)`` over stacked chunks."""
-    one = eval_body(loss_fn)
+    one = eval_body(loss_fn, "fit")
 
     def evaluate(params: Any, chunks: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
         def add(total: tuple, batch: Any) -> tuple:

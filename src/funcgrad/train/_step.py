@@ -91,6 +91,43 @@ def classification_loss(apply_fn: Callable[[Any, jax.Array], jax.Array]) -> Call
     return loss_fn
 
 
+def loss_with_aux(loss_fn: Callable, caller: str) -> Callable:
+    """``loss_fn`` as ``(params, batch) -> (loss, aux)``: a bare scalar loss gets ``aux = {}``.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch)`` returning a scalar loss, or ``(loss, aux)``.
+        caller: the function named by an error.
+
+    Returns:
+        The wrapped loss. When traced, it raises a ``TypeError`` naming ``caller`` and
+        ``loss_fn`` if the loss is not a floating-point scalar.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> f = loss_with_aux(lambda p, b: jnp.sum(p * b), "fit")
+        >>> f(jnp.ones(2), jnp.ones(2))
+        (Array(2., dtype=float32), {})
+        >>> loss_with_aux(lambda p, b: p * b, "fit")(jnp.ones(2), jnp.ones(2))
+        Traceback (most recent call last):
+        ...
+        TypeError: fit: argument 'loss_fn' must return ... got a loss of shape (2,) ...
+    """
+    def with_aux(params: Any, batch: Any) -> tuple[jax.Array, Any]:
+        out = loss_fn(params, batch)
+        loss, aux = out if isinstance(out, tuple) and len(out) == 2 else (out, {})
+        if isinstance(loss, (tuple, list, dict)):
+            raise TypeError(f"{caller}: argument 'loss_fn' must return a floating-point "
+                            f"scalar loss, or (loss, aux); got a {type(out).__name__} of "
+                            f"length {len(out)}")
+        shape, dtype = jnp.shape(loss), jnp.result_type(loss)
+        if shape != () or not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{caller}: argument 'loss_fn' must return a floating-point "
+                            f"scalar loss, or (loss, aux); got a loss of shape {shape} and "
+                            f"dtype {dtype}")
+        return loss, aux
+    return with_aux
+
+
 def _accuracy(aux: Any) -> jax.Array:
     if isinstance(aux, dict) and "correct" in aux and "count" in aux:
         return aux["correct"] / jnp.maximum(aux["count"], 1.0)
@@ -98,8 +135,11 @@ def _accuracy(aux: Any) -> jax.Array:
 
 
 def _step_body(loss_fn: Callable, tx: Any, stats_fn: Callable | None = None,
-               histogram_bins: int = 0, taps: bool = False) -> Callable:
+               histogram_bins: int = 0, taps: bool = False,
+               caller: str = "make_train_step") -> Callable:
     import optax
+
+    loss_fn = loss_with_aux(loss_fn, caller)
 
     # one forward and one backward pass give the loss, the gradients, the taps and the
     # activations' statistics; with neither taps nor stats it is jax.value_and_grad itself
@@ -196,8 +236,8 @@ def make_train_step(loss_fn: Callable, tx: Any, *, jit: bool = True,
     ``state.skipped`` grows by one.
 
     Args:
-        loss_fn: ``loss_fn(params, batch) -> (loss, aux)``; aux ``{"correct", "count"}``
-            gives the accuracy.
+        loss_fn: ``loss_fn(params, batch) -> (loss, aux)``, or a scalar loss alone (no
+            aux); aux ``{"correct", "count"}`` gives the accuracy.
         tx: the optax transformation.
         jit: compile with ``jax.jit(..., donate_argnums=0)``.
         wrap: optional decorator applied before jit (e.g. ``chex.assert_max_traces``).
@@ -213,7 +253,7 @@ def make_train_step(loss_fn: Callable, tx: Any, *, jit: bool = True,
     Returns:
         The step function.
     """
-    step = _step_body(loss_fn, tx, stats_fn, histogram_bins, taps)
+    step = _step_body(loss_fn, tx, stats_fn, histogram_bins, taps, "make_train_step")
     if wrap is not None:
         step = wrap(step)
     return jax.jit(step, donate_argnums=0) if jit else step
@@ -240,7 +280,7 @@ def make_fused_steps(loss_fn: Callable, tx: Any, *, jit: bool = True,
     Returns:
         The fused function; its metrics have a leading axis of length K.
     """
-    body = _step_body(loss_fn, tx, stats_fn, histogram_bins, taps)
+    body = _step_body(loss_fn, tx, stats_fn, histogram_bins, taps, "make_fused_steps")
 
     def fused(state: TrainState, batches: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         return jax.lax.scan(body, state, batches)
@@ -262,8 +302,10 @@ def make_eval(loss_fn: Callable) -> Callable:
     return jax.jit(eval_body(loss_fn))
 
 
-def eval_body(loss_fn: Callable) -> Callable:
+def eval_body(loss_fn: Callable, caller: str = "make_eval") -> Callable:
     """The function :func:`make_eval` compiles (for use inside other programs)."""
+    loss_fn = loss_with_aux(loss_fn, caller)
+
     def evaluate(params: Any, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
         loss, aux = loss_fn(params, batch)
         count = aux.get("count", jnp.sum(batch[2])) if isinstance(aux, dict) \
