@@ -199,6 +199,16 @@ def test_fit_rejects_bad_arguments():
         train.fit(params, (x, y), apply_fn=APPLY, tx=tx, batch_size=0)
     with pytest.raises(TypeError, match="integer dtype"):
         train.fit(params, (x, y.astype(np.float32)), apply_fn=APPLY, tx=tx)
+    with pytest.raises(ValueError, match=r"fit: argument 'train' labels y must be 1-D class "
+                                         r"indices, shape \(20,\); got shape \(20, 1\)"):
+        train.fit(params, (x, y[:, None]), apply_fn=APPLY, tx=tx)
+    # the data's width, not the probe batch's, and the model's own message
+    with pytest.raises(ValueError, match=r"fit: argument 'train' x, examples of shape \(5,\), "
+                                         r"does not fit apply_fn .*dense: argument 'w'"):
+        train.fit(params, (x[:, :5], y), apply_fn=APPLY, tx=tx)
+    with pytest.raises(ValueError, match=r"fit: argument 'eval_data' x must hold examples of "
+                                         r"shape \(6,\), as train does; got \(5,\)"):
+        train.fit(params, (x, y), apply_fn=APPLY, tx=tx, eval_data=(x[:, :5], y))
 
 
 def test_fit_does_not_consume_the_callers_params():

@@ -31,6 +31,9 @@ def _arrays(data: tuple[Any, Any], labels: bool, what: str) -> tuple[np.ndarray,
         raise ValueError(f"fit: argument '{what}' must hold non-empty x and y of equal "
                          f"length; got "
                          f"x.shape={x.shape}, y.shape={y.shape}")
+    if labels and y.ndim != 1:
+        raise ValueError(f"fit: argument '{what}' labels y must be 1-D class indices, shape "
+                         f"({len(x)},); got shape {y.shape}")
     if labels and not np.issubdtype(y.dtype, np.integer):
         raise TypeError(f"fit: argument '{what}' labels y must have an integer dtype "
                         f"(class indices); got {y.dtype}")
@@ -48,9 +51,17 @@ def _datasets(train: tuple[Any, Any], eval_data: tuple[Any, Any] | None,
     data = _arrays(train, model is not None, "train")
     held_out = None if eval_data is None else _arrays(eval_data, model is not None,
                                                       "eval_data")
+    if held_out is not None and held_out[0].shape[1:] != data[0].shape[1:]:
+        raise ValueError(f"fit: argument 'eval_data' x must hold examples of shape "
+                         f"{data[0].shape[1:]}, as train does; got {held_out[0].shape[1:]}")
     if model is not None:
         x = jax.ShapeDtypeStruct((2, *data[0].shape[1:]), jnp.float32)  # batch norm: N >= 2
-        width = jax.eval_shape(model[0], model[1], x).shape[-1]
+        try:
+            width = jax.eval_shape(model[0], model[1], x).shape[-1]
+        except (ValueError, TypeError) as err:  # e.g. a feature count params do not take
+            raise ValueError(f"fit: argument 'train' x, examples of shape "
+                             f"{data[0].shape[1:]}, does not fit apply_fn with these params "
+                             f"(tried on a batch of shape {x.shape}): {err}") from err
         for what, arrays in (("train", data), ("eval_data", held_out)):
             if arrays is not None and int(arrays[1].max()) >= width:
                 raise ValueError(f"fit: argument '{what}' labels y must be < {width}, the "
