@@ -384,6 +384,22 @@ def test_fit_takes_a_loss_function_and_a_config():
         train.fit(params, (x, y), loss_fn=loss_fn, tx=train.optimizer(0.05), batchsize=3)
 
 
+def test_an_unweighted_batch_weighs_every_example_one():
+    x, y = _data(n=8)
+    params = nn.init_mlp(jax.random.PRNGKey(0), SIZES)
+    tx = train.optimizer(0.1)
+    step = train.make_train_step(LOSS, tx)
+    s2, m2 = step(train.init_state(jax.tree.map(jnp.copy, params), tx), (x, y))
+    s3, m3 = step(train.init_state(jax.tree.map(jnp.copy, params), tx), _batch(x, y))
+    assert _leaves_equal(s2.params, s3.params) and float(m2["loss"]) == float(m3["loss"])
+    assert [float(v) for v in train.make_eval(LOSS)(params, (x, y))] == \
+        [float(v) for v in train.make_eval(LOSS)(params, _batch(x, y))]
+    with pytest.raises(TypeError, match=r"classification_loss: argument 'batch' must be "
+                                         r"\(x, y\) or \(x, y, w\), w the example weights; "
+                                         r"got a tuple of length 1"):
+        LOSS(params, (x,))
+
+
 def _regression_loss(params, batch):
     x, y, w = batch
     pred = APPLY(params, x)[:, 0]

@@ -78,10 +78,14 @@ def classification_loss(apply_fn: Callable[[Any, jax.Array], jax.Array]) -> Call
 
     Returns:
         ``loss_fn(params, (x, y, w)) -> (loss, {"correct", "count"})``; examples with
-        weight 0 (the padding of a partial batch) do not count.
+        weight 0 (the padding of a partial batch) do not count. An ``(x, y)`` batch
+        weighs every example 1.
+
+    Raises:
+        TypeError: (when called) naming ``batch``, if it is not ``(x, y)`` or ``(x, y, w)``.
     """
     def loss_fn(params: Any, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-        x, y, w = batch
+        x, y, w = weighted_batch(batch, "classification_loss")
         logits = apply_fn(params, x)
         per_example = P.softmax_cross_entropy(logits, y)
         count = jnp.sum(w)
@@ -89,6 +93,29 @@ def classification_loss(apply_fn: Callable[[Any, jax.Array], jax.Array]) -> Call
         correct = jnp.sum(jnp.where(jnp.argmax(logits, axis=-1) == y, w, 0.0))
         return loss, {"correct": correct, "count": count}
     return loss_fn
+
+
+def weighted_batch(batch: Any, caller: str) -> Batch:
+    """``batch`` as ``(x, y, w)``: itself, or an ``(x, y)`` batch with every weight 1.
+
+    Args:
+        batch: ``(x, y, w)`` or ``(x, y)``.
+        caller: the function named by an error.
+
+    Returns:
+        The inputs, the targets and the example weights.
+
+    Raises:
+        TypeError: naming ``caller`` and ``batch``, for anything else.
+    """
+    if isinstance(batch, (tuple, list)) and len(batch) == 3:
+        return tuple(batch)
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1], jnp.ones(jnp.shape(batch[1])[:1], jnp.float32)
+    got = (f"a {type(batch).__name__} of length {len(batch)}"
+           if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}")
+    raise TypeError(f"{caller}: argument 'batch' must be (x, y) or (x, y, w), w the example "
+                    f"weights; got {got}")
 
 
 def loss_with_aux(loss_fn: Callable, caller: str) -> Callable:
@@ -302,14 +329,21 @@ def make_eval(loss_fn: Callable) -> Callable:
     return jax.jit(eval_body(loss_fn))
 
 
+def _example_count(batch: Any) -> jax.Array:
+    """The weight of a batch: its weights' sum for ``(x, y, w)``, else its examples."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 3:
+        return jnp.sum(batch[2])
+    return jnp.asarray(jnp.shape(jax.tree.leaves(batch)[0])[0], jnp.float32)
+
+
 def eval_body(loss_fn: Callable, caller: str = "make_eval") -> Callable:
     """The function :func:`make_eval` compiles (for use inside other programs)."""
     loss_fn = loss_with_aux(loss_fn, caller)
 
     def evaluate(params: Any, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
         loss, aux = loss_fn(params, batch)
-        count = aux.get("count", jnp.sum(batch[2])) if isinstance(aux, dict) \
-            else jnp.sum(batch[2])
+        count = aux["count"] if isinstance(aux, dict) and "count" in aux \
+            else _example_count(batch)
         correct = aux.get("correct", jnp.nan) if isinstance(aux, dict) else jnp.nan
         return loss * count, jnp.asarray(correct, jnp.float32), jnp.asarray(count,
                                                                             jnp.float32)
