@@ -53,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
         # OSError: unwritable paths, a full disk, funcgrad.checkpoint.CheckpointError;
         # ImportError: a missing optional extra (its message says what to install)
-        text = " ".join(str(exc).split()) or type(exc).__name__
+        # a KeyError's str() is the repr of its message: show the message itself
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        text = " ".join(str(message).split()) or type(exc).__name__
         print(f"funcgrad {args.command}: error: {text}", file=sys.stderr)
         return 2
 
