@@ -289,6 +289,16 @@ def test_diagnose_update_ratio_and_absolute_vanishing():
     assert tiny.layers("vanishing") == [0, 1]
 
 
+def test_diagnose_takes_a_history_and_reads_its_newest_record():
+    h = flow.History(log_every=10)
+    with pytest.raises(ValueError, match="argument 'stats' is a History without records"):
+        flow.diagnose(h)
+    h.append({"grad_norm": jnp.array([1.0, 0.5])}, 0)
+    h.append({"grad_norm": jnp.array([1e-6, 0.5])}, 1)  # pending: diagnose fetches it
+    assert flow.diagnose(h).flags == flow.diagnose(h.records[-1]).flags
+    assert "vanishing in layer 0 of 2" in str(flow.diagnose(h))
+
+
 def test_diagnose_rejects_bad_input():
     with pytest.raises(ValueError, match="grad_norm"):
         flow.diagnose({"loss": np.array(1.0)})

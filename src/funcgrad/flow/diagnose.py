@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
+
+if TYPE_CHECKING:
+    from .history import History
 
 __all__ = ["DEFAULT_THRESHOLDS", "FLAGS", "Diagnosis", "diagnose"]
 
@@ -103,7 +106,7 @@ class Diagnosis:
 
 
 def diagnose(
-    stats: Mapping[str, Any],
+    stats: Mapping[str, Any] | History,
     *,
     vanishing_ratio: float = DEFAULT_THRESHOLDS["vanishing_ratio"],
     vanishing_norm: float = DEFAULT_THRESHOLDS["vanishing_norm"],
@@ -131,7 +134,9 @@ def diagnose(
 
     Args:
         stats: a mapping with 1-D ``grad_norm`` and, optionally, ``grad_zero_fraction``
-            and ``update_ratio`` (device or host arrays).
+            and ``update_ratio`` (device or host arrays), such as one record of a
+            :class:`~funcgrad.flow.History`; or a ``History`` itself, whose newest record
+            is diagnosed.
         vanishing_ratio: relative threshold for vanishing.
         vanishing_norm: absolute threshold for vanishing.
         exploding_norm: absolute threshold for exploding.
@@ -144,7 +149,8 @@ def diagnose(
 
     Raises:
         ValueError: if ``grad_norm`` is missing or not 1-D, another statistic or ``names``
-            has another length, or a threshold is not positive.
+            has another length, a threshold is not positive, or a ``History`` has no
+            record.
 
     Examples:
         >>> import numpy as np
@@ -160,6 +166,15 @@ def diagnose(
     for key, value in thresholds.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
             raise ValueError(f"diagnose: argument {key!r} must be a number > 0; got {value!r}")
+    from .history import History  # noqa: F811 - the class itself, at run time
+
+    if isinstance(stats, History):
+        stats.fetch()
+        if not stats.records:
+            raise ValueError("diagnose: argument 'stats' is a History without records (none "
+                             "appended yet, or keep=False); pass one record, e.g. the "
+                             "argument of its on_fetch")
+        stats = stats.records[-1]
     norm, zeros, ratio = _per_layer_arrays(stats)
     n = len(norm)
     names = tuple(str(i) for i in range(n)) if names is None else tuple(names)
