@@ -135,12 +135,21 @@ class _Rule:
         return [by_name[n] for n in self.params]
 
     # -------------------------------------------------------------- custom_vjp
+    def forward(self, statics: tuple, arrays: tuple) -> tuple[Any, Any]:
+        """Run the hand-written ``fwd``: ``(output, residuals)``, or a named RuleError."""
+        out = self.fwd(*self.merge(statics, arrays))
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise RuleError(f"{self.name}: the forward rule must return a pair (output, "
+                            f"residuals), the residuals being what the backward rule "
+                            f"needs; got {_describe(out)}")
+        return out[0], out[1]
+
     def _build(self) -> Callable:
         def primal(spec, arrays):
-            return self.fwd(*self.merge(spec[0], arrays))[0]
+            return self.forward(spec[0], arrays)[0]
 
         def fwd(spec, arrays):
-            return self.fwd(*self.merge(spec[0], arrays))
+            return self.forward(spec[0], arrays)
 
         def bwd(spec, res, g):
             return (self.cotangents(spec, res, g),)
@@ -178,11 +187,20 @@ class _Rule:
     def vjp(self, *args: Any, cotangent: float = 1.0, **kwargs: Any) -> tuple:
         """Run ``fwd`` then ``bwd`` directly (no JAX autodiff); cotangents as Python values."""
         statics, arrays = self.prepare(args, kwargs)
-        out, res = self.fwd(*self.merge(statics, arrays))
+        out, res = self.forward(statics, arrays)
         g = jax.tree.map(lambda o: jnp.full_like(o, cotangent), out)
         cts = self.cotangents(self.spec(statics, arrays), res, g)
         return tuple(None if c is None else jax.tree.map(lambda a: np.asarray(a).tolist(), c)
                      for c in cts)
+
+
+def _describe(value: Any) -> str:
+    """What a rule returned, for an error: a tuple's length, an array's shape."""
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"a {type(value).__name__}"
 
 
 def _validate(rule: _Rule, cts: Any, avals: tuple, treedefs: tuple) -> tuple:
@@ -191,11 +209,9 @@ def _validate(rule: _Rule, cts: Any, avals: tuple, treedefs: tuple) -> tuple:
     diff = [i for i, k in enumerate(rule.kinds) if k == "float"]
     want = ", ".join(f"'{rule.arrays[i]}'" for i in diff)
     if not isinstance(cts, (tuple, list)) or len(cts) not in (len(diff), len(rule.arrays)):
-        got = (f"a {type(cts).__name__} of length {len(cts)}"
-               if isinstance(cts, (tuple, list)) else f"a {type(cts).__name__}")
         raise RuleError(
             f"{name}: the backward rule must return a tuple with one cotangent per "
-            f"differentiable argument ({want}: {len(diff)}); got {got}")
+            f"differentiable argument ({want}: {len(diff)}); got {_describe(cts)}")
     if len(cts) == len(diff) and len(diff) != len(rule.arrays):
         full: list[Any] = [None] * len(rule.arrays)
         for i, c in zip(diff, cts, strict=True):
@@ -335,7 +351,8 @@ def primitive(
 
     Raises:
         ValueError: ``name`` is taken (without ``replace``) or a declaration is unknown.
-        RuleError: at trace time, when ``bwd`` returns the wrong structure, shape or dtype.
+        RuleError: at trace time, when ``fwd`` does not return ``(output, residuals)`` or
+            ``bwd`` returns the wrong structure, shape or dtype.
 
     Examples:
         >>> import jax.numpy as jnp
