@@ -80,6 +80,7 @@ def test_lazy_names_resolve_and_dir_is_complete():
     assert set(fg.primitives.__all__) <= set(fg.__all__)
     assert set(fg.__all__) == {*fg._NAMES, *fg._SUBMODULES, "__version__"} - {"primitives"}
     assert set(fg._SUBMODULES) <= set(dir(fg))
+    assert not {"importlib", "Any", "TYPE_CHECKING", "annotations"} & set(dir(fg))
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         fg.nonexistent  # noqa: B018
 

@@ -154,4 +154,6 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__, *_SUBMODULES})
+    # the public names and the module's dunders; not this file's own imports (importlib,
+    # typing) nor the private modules loaded on the way
+    return sorted({*__all__, *_SUBMODULES, *(n for n in globals() if n.startswith("__"))})
