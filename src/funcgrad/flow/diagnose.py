@@ -134,9 +134,8 @@ def diagnose(
 
     Args:
         stats: a mapping with 1-D ``grad_norm`` and, optionally, ``grad_zero_fraction``
-            and ``update_ratio`` (device or host arrays), such as one record of a
-            :class:`~funcgrad.flow.History`; or a ``History`` itself, whose newest record
-            is diagnosed.
+            and ``update_ratio`` (device or host arrays), such as a record of a
+            :class:`~funcgrad.flow.History`; or the ``History`` (its newest record).
         vanishing_ratio: relative threshold for vanishing.
         vanishing_norm: absolute threshold for vanishing.
         exploding_norm: absolute threshold for exploding.
@@ -166,16 +165,7 @@ def diagnose(
     for key, value in thresholds.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
             raise ValueError(f"diagnose: argument {key!r} must be a number > 0; got {value!r}")
-    from .history import History  # noqa: F811 - the class itself, at run time
-
-    if isinstance(stats, History):
-        stats.fetch()
-        if not stats.records:
-            raise ValueError("diagnose: argument 'stats' is a History without records (none "
-                             "appended yet, or keep=False); pass one record, e.g. the "
-                             "argument of its on_fetch")
-        stats = stats.records[-1]
-    norm, zeros, ratio = _per_layer_arrays(stats)
+    norm, zeros, ratio = _per_layer_arrays(_newest(stats))
     n = len(norm)
     names = tuple(str(i) for i in range(n)) if names is None else tuple(names)
     if len(names) != n:
@@ -195,6 +185,20 @@ def diagnose(
             f.add("dead")
         flags.append(frozenset(f))
     return Diagnosis(names, tuple(flags), thresholds)
+
+
+def _newest(stats: Mapping[str, Any] | History) -> Mapping[str, Any]:
+    """``stats`` itself, or a History's newest record (pending steps fetched first)."""
+    from .history import History  # noqa: F811 - the class itself, at run time
+
+    if not isinstance(stats, History):
+        return stats
+    stats.fetch()
+    if not stats.records:
+        raise ValueError("diagnose: argument 'stats' is a History without records (none "
+                         "appended yet, or keep=False); pass one record, e.g. the argument "
+                         "of its on_fetch")
+    return stats.records[-1]
 
 
 def _per_layer_arrays(stats: Mapping[str, Any]
