@@ -238,6 +238,24 @@ def test_counts_and_indices_past_float32s_exact_integers():
     assert int(taps["relu"].first_nonfinite) == n - 3 and int(taps["relu"].nonfinite) == 1
 
 
+def test_names_keep_only_those_taps_and_the_program_computes_only_them():
+    loss, args = _mlp_case()
+    _, _, every = tap_grad(loss)(*args)
+    some = tap_grad(loss, names=["dense_1", "L"])
+    _, _, kept = some(*args)
+    assert sorted(kept) == ["L", "dense_1"]
+    for name in kept:
+        assert all(np.array_equal(a, b) for a, b in zip(kept[name], every[name], strict=True))
+    count = lambda f: jax.jit(f).lower(*args).compile().as_text().count(" = ")  # noqa: E731
+    assert count(some) < count(tap_grad(loss))
+    with pytest.raises(ValueError, match=r"tap_grad: argument 'names' holds \['dense_9'\], "
+                                         r"not nodes of loss; its nodes are \[.*'dense_1'"):
+        tap_grad(loss, names=["dense_9"])(*args)
+    with pytest.raises(TypeError, match="argument 'names' must be a collection of node "
+                                        r"names; got the string 'L' \(write \['L'\]\)"):
+        tap_grad(loss, names="L")
+
+
 def test_without_taps_or_activations_the_step_is_the_plain_program():
     loss, (params, x, y) = _mlp_case()
     f = lambda p, b: (loss(p, *b), {})

@@ -366,7 +366,8 @@ def _python_ints_as_floats(args: tuple) -> tuple:
 
 
 def tap_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0,
-             has_aux: bool = False) -> Callable[..., tuple[Any, Any, dict[str, Tap]]]:
+             has_aux: bool = False, names: Sequence[str] | None = None
+             ) -> Callable[..., tuple[Any, Any, dict[str, Tap]]]:
     """Like ``jax.value_and_grad``, plus a :class:`Tap` record for every primitive call.
 
     Args:
@@ -374,6 +375,8 @@ def tap_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0,
             built from funcgrad primitives and any other JAX operations.
         argnums: which positional arguments to differentiate (an int or a tuple).
         has_aux: whether ``fn`` returns ``(value, aux)``.
+        names: keep only the taps of these nodes (default: all); the program then
+            computes only those (XLA drops the rest).
 
     Returns:
         ``g(*args) -> (value, grads, taps)``: ``value`` (``(value, aux)`` with
@@ -383,8 +386,10 @@ def tap_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0,
         calls inside a ``lax.scan`` body get one row per iteration.
 
     Raises:
-        ValueError: if ``argnums`` does not index the positional arguments.
-        TypeError: if an argument is not made of arrays and numbers.
+        ValueError: if ``argnums`` does not index the positional arguments, or (when
+            called) a name in ``names`` is not a node of ``fn``.
+        TypeError: if an argument is not made of arrays and numbers, or ``names`` is a
+            string rather than a collection of them.
 
     Examples:
         >>> import funcgrad as fg
@@ -394,10 +399,24 @@ def tap_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0,
         (16.0, 16.0, ['L', 'mul'])
         >>> float(taps["mul"].norm), int(taps["mul"].first_nonfinite)   # dL/dy = 8
         (8.0, -1)
+        >>> sorted(tap_grad(loss, argnums=1, names=["mul"])(2.0, 3.0, 2.0)[2])
+        ['mul']
     """
+    if isinstance(names, str):
+        raise TypeError(f"tap_grad: argument 'names' must be a collection of node names; "
+                        f"got the string {names!r} (write [{names!r}])")
+    wanted = None if names is None else tuple(names)
+
     def run(*args: Any) -> tuple[Any, Any, dict[str, Tap]]:
         value, grads, records, _ = _value_grads_taps(fn, args, argnums, has_aux, True,
                                                      None, "tap_grad")
+        if wanted is not None:
+            unknown = [n for n in wanted if n not in records]
+            if unknown:
+                raise ValueError(f"tap_grad: argument 'names' holds {unknown}, not nodes of "
+                                 f"{getattr(fn, '__name__', 'fn')}; its nodes are "
+                                 f"{sorted(records)}")
+            records = {n: records[n] for n in wanted}
         return value, grads, records
 
     compiled = jax.jit(run)  # one program; inside an outer jit it is simply inlined
