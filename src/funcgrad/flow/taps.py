@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _jaxpr
+from . import _probe
 from .saturation import SATURATING_OPS, saturated_fraction
 
 __all__ = ["Tap", "activation_stats", "tap_grad", "tapped_value_and_grad"]
@@ -70,78 +71,9 @@ class Tap(NamedTuple):
     first_nonfinite: jax.Array
 
 
-# ---------------------------------------------------------------- the probe identity
-def _stats_dtype(dtypes: Sequence[Any]) -> Any:
-    return jnp.result_type(jnp.float32, *[d for d in dtypes])
-
-
-#: Integers travel in a float probe as ``(x // _BASE, x % _BASE)``: both parts are exact
-#: in float32 for any int32 count or index.
-_BASE = 4096
-#: Length of a probe: sum of squares, max |g|, zero share, count (2 parts), index (2 parts).
-_FIELDS = 7
-
-
-def _cotangent_stats(gs: Sequence[jax.Array]) -> jax.Array:
-    """``[sum of squares, max |g|, zero share, non-finite count, first non-finite]``.
-
-    Plain (vectorised) reductions; the count and the index of non-finite elements are
-    computed only when the sum of squares is not finite (a ``lax.cond``; under ``vmap``
-    both branches run). A NaN anywhere makes the sum and the maximum NaN. The count and
-    the index take two entries each (see :data:`_BASE`).
-    """
-    dtype = _stats_dtype([g.dtype for g in gs])
-    flats = [jnp.ravel(g).astype(dtype) for g in gs if int(np.prod(g.shape))]
-    total = sum(f.shape[0] for f in flats)
-    zero, one = jnp.zeros((), dtype), jnp.ones((), dtype)
-    if not flats:
-        return jnp.zeros((_FIELDS,), dtype)
-    sumsq = sum((jnp.sum(f * f) for f in flats), zero)
-    maxabs = jnp.max(jnp.stack([jnp.max(jnp.abs(f)) for f in flats]))
-    zeros = sum((jnp.sum(jnp.where(f == 0, one, zero)) for f in flats), zero)
-
-    def nonfinite() -> jax.Array:
-        bad, first, offset = jnp.int32(0), jnp.int32(total), 0
-        for f in flats:
-            n = f.shape[0]
-            mask = ~jnp.isfinite(f)
-            bad = bad + jnp.sum(mask, dtype=jnp.int32)
-            here = jnp.min(jnp.where(mask, jnp.arange(n, dtype=jnp.int32), n))
-            first = jnp.where((first == total) & (here < n), here + offset, first)
-            offset += n
-        return jnp.stack([bad // _BASE, bad % _BASE, first // _BASE,
-                          first % _BASE]).astype(dtype)
-
-    ints = jax.lax.cond(jnp.isfinite(sumsq), lambda: jnp.zeros((4,), dtype), nonfinite)
-    return jnp.concatenate([jnp.stack([sumsq, maxabs, zeros / total]), ints])
-
-
-@jax.custom_vjp
-def _tap(outs: tuple, probe: jax.Array) -> tuple:
-    """The identity on ``outs``; the probe's gradient is the statistics of the cotangent."""
-    del probe
-    return outs
-
-
-def _tap_fwd(outs: tuple, probe: jax.Array) -> tuple[tuple, None]:
-    del probe
-    return outs, None
-
-
-def _tap_bwd(_: None, gs: tuple) -> tuple[tuple, jax.Array]:
-    return gs, _cotangent_stats(gs)
-
-
-_tap.defvjp(_tap_fwd, _tap_bwd)
-
-
 def _record(stats: jax.Array) -> Tap:
     """A :class:`Tap` from a probe's gradient (any leading axes)."""
-    s = jnp.moveaxis(stats, -1, 0)
-    whole = lambda hi, lo: hi.astype(jnp.int32) * _BASE + lo.astype(jnp.int32)
-    bad = whole(s[3], s[4])
-    return Tap(norm=jnp.sqrt(s[0]), max_abs=s[1], nonfinite=bad, zero_fraction=s[2],
-               first_nonfinite=jnp.where(bad > 0, whole(s[5], s[6]), -1))
+    return Tap(*_probe.unpack(stats))
 
 
 # ------------------------------------------------------------------------ the plan
@@ -169,7 +101,7 @@ class _Plan:
 
 def _float_dtype(avals: Sequence[Any]) -> Any:
     floats = [a.dtype for a in avals if jnp.issubdtype(a.dtype, jnp.floating)]
-    return _stats_dtype(floats) if floats else None
+    return _probe.stats_dtype(floats) if floats else None
 
 
 _SUFFIX = re.compile(r"\[\d+\](?='*$)")
@@ -254,7 +186,7 @@ class _Tapper(_jaxpr.Visitor):
         if probe is None:
             return outs
         fl = [i for i, o in enumerate(outs) if jnp.issubdtype(o.dtype, jnp.floating)]
-        tapped = _tap(tuple(outs[i] for i in fl), probe)
+        tapped = _probe.identity(tuple(outs[i] for i in fl), probe)
         outs = list(outs)
         for i, t in zip(fl, tapped, strict=True):
             outs[i] = t
@@ -304,7 +236,7 @@ def _check_value(avals: Sequence[Any], has_aux: bool, who: str) -> None:
 
 
 def _zeros(calls: list[_Call], lead: tuple[int, ...] = ()) -> list[Any]:
-    return [None if c.dtype is None else jnp.zeros((*lead, _FIELDS), c.dtype) for c in calls]
+    return [None if c.dtype is None else jnp.zeros((*lead, _probe.FIELDS), c.dtype) for c in calls]
 
 
 def _records(calls: list[_Call], grads: list[Any], into: dict[str, Tap]) -> None:
