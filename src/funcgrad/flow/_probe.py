@@ -21,7 +21,7 @@ __all__ = ["FIELDS", "cotangent_stats", "identity", "stats_dtype", "unpack"]
 
 def stats_dtype(dtypes: Sequence[Any]) -> Any:
     """The dtype of a probe for cotangents of ``dtypes``: float32 at least."""
-    return jnp.result_type(jnp.float32, *[d for d in dtypes])
+    return jnp.result_type(jnp.float32, *dtypes)
 
 
 #: Integers travel in a float probe as ``(x // BASE, x % BASE)``: both parts are exact

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
 
-if TYPE_CHECKING:
-    from .history import History
+from .history import History
 
 __all__ = ["DEFAULT_THRESHOLDS", "FLAGS", "Diagnosis", "diagnose"]
 
@@ -189,8 +188,6 @@ def diagnose(
 
 def _newest(stats: Mapping[str, Any] | History) -> Mapping[str, Any]:
     """``stats`` itself, or a History's newest record (pending steps fetched first)."""
-    from .history import History  # noqa: F811 - the class itself, at run time
-
     if not isinstance(stats, History):
         return stats
     stats.fetch()

@@ -154,9 +154,11 @@ class _Run:
         self.scalar_names = programs.scalar_names  # known once the program was traced
         return length, metrics
 
-    def _columns(self, packed: Any) -> dict[str, np.ndarray]:
-        """A program's packed per-step scalars (``metrics["scalars"]``) by name."""
-        return dict(zip(self.scalar_names, np.asarray(packed).T, strict=True))
+    def _named(self, packed: Any) -> dict[str, np.ndarray]:
+        """Packed scalar metrics (``"scalars"``: one step's vector, or a program's
+        ``(steps, k)`` array) by name: the last axis split into its named entries."""
+        return dict(zip(self.scalar_names, np.moveaxis(np.asarray(packed), -1, 0),
+                        strict=True))
 
     def _watch(self, rows: list[dict[str, Any]], halted: bool) -> None:
         """Count skipped steps; replay the first one; say why the device stopped."""
@@ -192,13 +194,13 @@ class _Run:
         """Which steps of the program not yet buffered were finite (those that ran)."""
         if self.inflight is None:
             return []
-        cols = self._columns(jax.device_get(self.inflight[1]["scalars"]))
+        cols = self._named(jax.device_get(self.inflight[1]["scalars"]))
         ran = cols.get("ran", np.ones_like(cols["finite"]))
         return [bool(f) for f, r in zip(cols["finite"], ran, strict=True) if r]
 
     def _logged(self, rows: list[dict[str, Any]]) -> None:
-        for r in rows:  # the packed scalars back under their names, as Python numbers
-            r.update(zip(self.scalar_names, r.pop("scalars").tolist(), strict=True))
+        for r in rows:  # the packed scalars back under their names
+            r.update(self._named(r.pop("scalars")))
         halted = any(bool(r.get("halt", False)) for r in rows)
         rows = [r for r in rows if bool(r.get("ran", True))]  # not the steps after a stop
         if not rows:
